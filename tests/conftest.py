@@ -1,0 +1,203 @@
+"""Test session set-up: a temporary AIRFLOW_HOME and lake, env-var connections, a migrated
+metadata DB (SQLite, or PostgreSQL with ``--metadata-db=postgres``), an S3-protocol server.
+
+Airflow reads its configuration when first imported, so the environment is set in
+``pytest_configure``, before any test module imports Airflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "include"))
+
+_SESSION: dict[str, object] = {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--metadata-db",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="Airflow metadata database for the tests marked 'metadata'",
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _postgres_admin_url() -> str:
+    return os.environ.get("MLP_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+
+def _create_postgres_db() -> str:
+    """A fresh database for this session; returns its SQLAlchemy URL."""
+    import sqlalchemy as sa
+
+    admin_url = _postgres_admin_url()
+    name = f"mlp_test_{uuid.uuid4().hex[:10]}"
+    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except Exception as err:
+        raise pytest.UsageError(
+            f"--metadata-db=postgres: cannot create a database at {admin_url} ({err}); "
+            "start PostgreSQL or set MLP_TEST_POSTGRES_URL"
+        ) from err
+    finally:
+        engine.dispose()
+    _SESSION["postgres_db"] = name
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def _drop_postgres_db(name: str) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(_postgres_admin_url(), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from mlpipeline.config import load_settings
+    from mlpipeline.stack import airflow_environment
+
+    base = Path(tempfile.mkdtemp(prefix="mlp-tests-"))
+    _SESSION["base"] = base
+    for key in [k for k in os.environ if k.startswith("MLP_")]:
+        del os.environ[key]
+    os.environ["MLP_STATE_DIR"] = str(base / "state")
+    os.environ["MLP_LAKE_URI"] = f"file://{base / 'lake'}"
+    settings = load_settings()
+    db_url = None
+    if config.getoption("--metadata-db") == "postgres":
+        db_url = _create_postgres_db()
+    moto_port = free_port()
+    _SESSION["moto_port"] = moto_port
+    env = airflow_environment(settings, base / "airflow", sql_alchemy_conn=db_url)
+    env["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps(
+        {
+            "conn_type": "aws",
+            "login": "testing",
+            "password": "testing",
+            "extra": {"endpoint_url": f"http://127.0.0.1:{moto_port}", "region_name": "us-east-1"},
+        }
+    )
+    env["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+    os.environ.update(env)
+    (base / "airflow").mkdir(parents=True, exist_ok=True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    proc = _SESSION.get("moto_proc")
+    if isinstance(proc, subprocess.Popen):
+        proc.terminate()
+        proc.wait(timeout=10)
+    if "postgres_db" in _SESSION:
+        _drop_postgres_db(str(_SESSION["postgres_db"]))
+    base = _SESSION.get("base")
+    if isinstance(base, Path):
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--metadata-db") == "postgres":
+        # The PostgreSQL pass only re-runs what touches the metadata DB.
+        items[:] = [item for item in items if item.get_closest_marker("metadata")]
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return Path(str(_SESSION["base"]))
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> str:
+    """A migrated Airflow metadata DB (``airflow db migrate`` once per session)."""
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, f"airflow db migrate failed:\n{result.stdout}\n{result.stderr}"
+    return os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> str:
+    """A moto S3 server on a free loopback port; returns its endpoint URL."""
+    port = int(_SESSION["moto_port"])  # type: ignore[arg-type]
+    log = open(Path(str(_SESSION["base"])) / "moto.log", "wb")  # noqa: SIM115 - closed at exit
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    _SESSION["moto_proc"] = proc
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return endpoint
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"moto server did not start on {endpoint}")
+
+
+@pytest.fixture(scope="session")
+def s3_bucket(s3_server: str) -> str:
+    """A bucket on the S3-protocol server, created through the real ``aws_default`` connection."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    hook = S3Hook(aws_conn_id="aws_default")
+    name = "mlp-test-lake"
+    if not hook.check_for_bucket(name):
+        hook.create_bucket(bucket_name=name)
+    return name
+
+
+@pytest.fixture(params=["file", "s3"])
+def lake(request: pytest.FixtureRequest, tmp_path: Path):
+    """An empty lake on a local directory and on the S3-protocol server."""
+    from mlpipeline.lake import Lake
+
+    if request.param == "file":
+        return Lake.from_uri(f"file://{tmp_path / 'lake'}")
+    bucket = request.getfixturevalue("s3_bucket")
+    return Lake.from_uri(f"s3://{bucket}/{uuid.uuid4().hex[:8]}", aws_conn_id="aws_default")
+
+
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch):
+    """Set ``MLP_*`` variables for one test and reload the cached settings."""
+    from mlpipeline.config import get_settings
+
+    def apply(**values: str):
+        for key, value in values.items():
+            monkeypatch.setenv(f"MLP_{key.upper()}", value)
+        get_settings.cache_clear()
+        return get_settings()
+
+    yield apply
+    get_settings.cache_clear()

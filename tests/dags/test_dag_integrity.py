@@ -1,0 +1,60 @@
+"""Every DAG imports cleanly, follows the house rules, and parses without heavy imports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
+HEAVY = ["pyspark", "xgboost", "mlflow", "evidently", "great_expectations", "pandas", "sklearn", "optuna"]
+
+#: dag_id -> expected task ids (the flow each DAG shows).
+EXPECTED_TASKS = {
+    "raw_landing": {"land"},
+}
+
+pytestmark = pytest.mark.metadata
+
+
+@pytest.fixture(scope="module")
+def dagbag(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(ROOT / "dags"))
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+
+
+def test_expected_dags_and_tasks(dagbag):
+    assert set(dagbag.dag_ids) == set(EXPECTED_TASKS)
+    for dag_id, tasks in EXPECTED_TASKS.items():
+        assert set(dagbag.dags[dag_id].task_ids) == tasks, dag_id
+
+
+def test_house_rules(dagbag):
+    for dag_id, dag in dagbag.dags.items():
+        assert dag.tags, f"{dag_id} has no tags"
+        assert dag.doc_md and dag.doc_md.strip().startswith(f"# {dag_id}"), f"{dag_id} lacks doc_md"
+        for task in dag.tasks:
+            assert task.owner and task.owner != "airflow", f"{dag_id}.{task.task_id} has no owner"
+            assert task.retries >= 2, f"{dag_id}.{task.task_id} retries={task.retries}"
+        assert dag.catchup is False or dag.schedule is None, f"{dag_id} must set catchup=False"
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_no_heavy_imports_at_parse_time(path: Path):
+    probe = (
+        "import sys, json, runpy; import airflow.sdk; before = set(sys.modules);"
+        f"runpy.run_path({str(path)!r});"
+        f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules and m not in before)))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [], f"{path.name} imports heavy modules"
