@@ -147,7 +147,7 @@ def airflow_db() -> str:
 def s3_server() -> str:
     """A moto S3 server on a free loopback port; returns its endpoint URL."""
     port = int(_SESSION["moto_port"])  # type: ignore[arg-type]
-    log = open(Path(str(_SESSION["base"])) / "moto.log", "wb")  # noqa: SIM115 - closed at exit
+    log = open(Path(str(_SESSION["base"])) / "moto.log", "wb")
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
         stdout=log,

@@ -26,8 +26,14 @@ class AirflowApi:
             )
         self._http.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self._http.request(method, f"/api/v2{path}", **kwargs)
+    def _call(self, method: str, path: str, retries: int = 10, **kwargs: Any) -> Any:
+        for attempt in range(retries + 1):
+            response = self._http.request(method, f"/api/v2{path}", **kwargs)
+            # SQLite (the embedded default) answers 503 "Database is locked" while the
+            # scheduler or dag-processor writes: wait and try again.
+            if response.status_code != 503 or attempt == retries:
+                break
+            time.sleep(min(2 * (attempt + 1), 10))
         if response.status_code >= 400:
             raise AirflowApiError(f"{method} /api/v2{path}: HTTP {response.status_code} {response.text}")
         return response.json() if response.content else None

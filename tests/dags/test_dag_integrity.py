@@ -41,9 +41,10 @@ def test_expected_dags_and_tasks(dagbag):
 def test_house_rules(dagbag):
     for dag_id, dag in dagbag.dags.items():
         assert dag.tags, f"{dag_id} has no tags"
-        assert dag.doc_md and dag.doc_md.strip().startswith(f"# {dag_id}"), f"{dag_id} lacks doc_md"
+        assert dag.doc_md, f"{dag_id} lacks doc_md"
+        assert dag.doc_md.strip().startswith(f"# {dag_id}"), f"{dag_id}'s doc_md must start with its title"
         for task in dag.tasks:
-            assert task.owner and task.owner != "airflow", f"{dag_id}.{task.task_id} has no owner"
+            assert task.owner not in ("", "airflow"), f"{dag_id}.{task.task_id} has no owner"
             assert task.retries >= 2, f"{dag_id}.{task.task_id} retries={task.retries}"
         assert dag.catchup is False or dag.schedule is None, f"{dag_id} must set catchup=False"
 
@@ -55,6 +56,15 @@ def test_no_heavy_imports_at_parse_time(path: Path):
         f"runpy.run_path({str(path)!r});"
         f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules and m not in before)))"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == [], f"{path.name} imports heavy modules"
+
+
+def test_metadata_db_is_the_requested_backend(request, airflow_db):
+    from airflow import settings
+
+    expected = {"sqlite": "sqlite", "postgres": "postgresql"}[request.config.getoption("--metadata-db")]
+    assert settings.engine.dialect.name == expected

@@ -51,7 +51,9 @@ def test_uncommitted_directory_is_invisible(lake: Lake):
 
 
 def test_republish_replaces_whole_and_drops_old_attempts(lake: Lake):
-    first = lake.publish_frames("t/dt=2013-01-03", {"a": pd.DataFrame({"x": [1]}), "b": pd.DataFrame({"x": [2]})})
+    first = lake.publish_frames(
+        "t/dt=2013-01-03", {"a": pd.DataFrame({"x": [1]}), "b": pd.DataFrame({"x": [2]})}
+    )
     # A reader that resolved the first commit keeps a consistent view until the swap.
     assert sorted(lake.read_frame("t/dt=2013-01-03")["x"]) == [1, 2]
     second = lake.publish_frames("t/dt=2013-01-03", {"a": pd.DataFrame({"x": [7]})})

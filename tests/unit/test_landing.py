@@ -39,9 +39,10 @@ def test_land_day_commits_every_table(lake: Lake):
     day_flights = lake.read_frame(landing.partition_dir("flights", DAY))
     assert (day_flights["day"] == 10).all()
     assert str(day_flights["dep_delay"].dtype) == "Float64"
-    assert day_flights["arr_delay"].isna().sum() == flights.loc[
-        (flights.month == 3) & (flights.day == 10), "arr_delay"
-    ].isna().sum()
+    assert (
+        day_flights["arr_delay"].isna().sum()
+        == flights.loc[(flights.month == 3) & (flights.day == 10), "arr_delay"].isna().sum()
+    )
 
 
 def test_relanding_is_idempotent_and_atomic(lake: Lake):
@@ -80,7 +81,10 @@ def test_cli_lands_a_range(tmp_path):
     env = {**os.environ, "MLP_LAKE_URI": f"file://{tmp_path}/lake"}
     result = subprocess.run(
         [sys.executable, "-m", "mlpipeline", "land", "--start", "2013-01-30", "--end", "2013-01-31"],
-        env=env, capture_output=True, text=True, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.count('"day"') == 2
@@ -88,7 +92,10 @@ def test_cli_lands_a_range(tmp_path):
     assert lake.committed_partitions("raw/flights") == ["2013-01-30", "2013-01-31"]
     bad = subprocess.run(
         [sys.executable, "-m", "mlpipeline", "land", "--start", "2014-01-01", "--end", "2014-01-02"],
-        env=env, capture_output=True, text=True, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert bad.returncode == 1
     assert "cannot land 2014-01-01" in bad.stderr
