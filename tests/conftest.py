@@ -22,6 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "include"))
+sys.path.insert(0, str(ROOT / "plugins"))  # Airflow puts the plugins folder on sys.path
 
 _SESSION: dict[str, object] = {}
 
@@ -192,12 +193,15 @@ def lake(request: pytest.FixtureRequest, tmp_path: Path):
 def settings_env(monkeypatch: pytest.MonkeyPatch):
     """Set ``MLP_*`` variables for one test and reload the cached settings."""
     from mlpipeline.config import get_settings
+    from mlpipeline.pipeline_config import get_pipeline_config
 
     def apply(**values: str):
         for key, value in values.items():
-            monkeypatch.setenv(f"MLP_{key.upper()}", value)
+            monkeypatch.setenv(f"MLP_{key.upper()}", str(value))
         get_settings.cache_clear()
+        get_pipeline_config.cache_clear()
         return get_settings()
 
     yield apply
     get_settings.cache_clear()
+    get_pipeline_config.cache_clear()

@@ -11,3 +11,10 @@ from airflow.sdk import Asset
 
 #: A day of raw nycflights13 tables committed under ``raw/<table>/dt=…`` (extra: day, rows).
 RAW_DATA = Asset(name="raw_nycflights13", group="raw")
+
+#: A published training dataset version ``datasets/<name>/ds=…`` (extra: version, window,
+#: rows per split, label rate, content hash, path, golden version and overlap).
+TRAINING_DATASET = Asset(name="training_dataset", group="datasets")
+
+#: A frozen golden evaluation set ``golden/<name>/<version>`` (extra: version, window, rows, hash).
+GOLDEN_DATASET = Asset(name="golden_dataset", group="datasets")

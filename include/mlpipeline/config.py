@@ -52,6 +52,10 @@ class Settings(BaseModel):
     spark_conn_id: str = Field(
         default="spark_default", description="Airflow connection SparkSubmitOperator uses."
     )
+    pipeline_config: Path = Field(
+        default=PROJECT_ROOT / "include" / "config" / "pipeline.yaml",
+        description="Pipeline settings file (datasets, quality thresholds, golden set).",
+    )
     mlflow_tracking_uri: str = Field(default="http://127.0.0.1:5000", description="MLflow tracking server.")
 
     # --- the data the demo replays -------------------------------------------------------

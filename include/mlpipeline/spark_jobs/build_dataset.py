@@ -774,6 +774,7 @@ def create_spark(args):
         SparkSession.builder.appName(f"build_dataset_{args.end_date.isoformat()}_{args.window_days}d")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.shuffle.partitions", str(args.shuffle_partitions))
         .config("spark.sql.parquet.enableVectorizedReader", "true")
         .config("spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs", "false")

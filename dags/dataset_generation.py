@@ -1,0 +1,128 @@
+"""
+# dataset_generation
+
+Turns the landed raw tables into a **validated, versioned training dataset**, or refuses to
+publish and says exactly why.
+
+* **Schedule**: daily, data interval = one day; the version `ds=D` is built from the
+  trailing window of `dataset.window_days` days ending at `D` (`include/config/pipeline.yaml`).
+  `catchup=False`; the first version is the first day with a full window. Backfill any range
+  from the UI (*Trigger → Backfill*) or `airflow backfill create --dag-id dataset_generation
+  --from-date 2013-01-28 --to-date 2013-02-01`: a backfilled run rewrites its own version only.
+* **Flow**: `wait_for_raw` (sensor, reschedule mode; on timeout it lists the partitions still
+  missing) → `prepare` (stages inputs, checks markers and schemas before Spark starts) →
+  `build_dataset` (`SparkSubmitOperator`, `spark_jobs/build_dataset.py`, master from the
+  `spark_default` connection) → `quality_gate` (Great Expectations; on failure the staged
+  data goes to `quarantine/` with the result, nothing is published) → `publish` (atomic:
+  `_SUCCESS` with the manifest written last).
+* **Produces**: Asset `training_dataset` (extra: version, window, rows, label rate, content
+  hash, path, golden version and whether the window overlaps it).
+* **Needs**: connection `spark_default`; `MLP_LAKE_URI` (+ `aws_default` for `s3://`).
+* **Triage**: the failing task's log names the reason: missing partitions (sensor), bad raw
+  input (prepare), failed expectations with observed values (quality_gate; details in
+  `reports/quality/<name>/<ds>/summary.md` and `quarantine/<name>/ds=<ds>/`). Reruns are safe.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import CronDataIntervalTimetable, dag, task
+from mlpipeline_airflow.sensors import LakePartitionsSensor
+
+from mlpipeline.assets import TRAINING_DATASET
+from mlpipeline.config import get_settings
+from mlpipeline.dag_defaults import DEFAULT_ARGS, data_end, data_start
+from mlpipeline.data.datasets import JOB_SCRIPT
+from mlpipeline.pipeline_config import get_pipeline_config
+
+DATASET = get_pipeline_config().dataset
+
+
+def _window_partitions(context) -> list[str]:
+    from mlpipeline.data.generation import required_partitions, training_window
+    from mlpipeline.pipeline_config import get_pipeline_config
+
+    day = context["data_interval_start"].date()
+    start, end = training_window(day, get_pipeline_config(), get_settings())
+    return required_partitions(start, end)
+
+
+@dag(
+    dag_id="dataset_generation",
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    start_date=data_start().add(days=DATASET.window_days - 1),  # the first full window
+    end_date=data_end(),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["mlpipeline", "datasets", "spark"],
+    doc_md=__doc__,
+)
+def dataset_generation():
+    wait_for_raw = LakePartitionsSensor(
+        task_id="wait_for_raw",
+        directories=_window_partitions,
+        what="raw partitions",
+        poke_interval=DATASET.sensor_poke_interval_s,
+        timeout=DATASET.sensor_timeout_s,
+        retries=0,
+    )
+
+    @task(retries=0)
+    def prepare(data_interval_start=None) -> dict:
+        """Stage the window's raw inputs and check them before Spark starts."""
+        from mlpipeline.data import generation
+        from mlpipeline.pipeline_config import get_pipeline_config
+
+        cfg = get_pipeline_config()
+        day = data_interval_start.date()
+        start, end = generation.training_window(day, cfg, get_settings())
+        plan = generation.prepare("training", cfg.dataset.name, day.isoformat(), start, end)
+        return plan.as_dict() | {"job_args": plan.job_args()}
+
+    plan = prepare()
+
+    build_dataset = SparkSubmitOperator(
+        task_id="build_dataset",
+        application=str(JOB_SCRIPT),
+        application_args=plan["job_args"],
+        conn_id=get_settings().spark_conn_id,
+        name="build_dataset_{{ ds }}",
+        conf={"spark.pyspark.python": sys.executable, "spark.ui.showConsoleProgress": "false"},
+        execution_timeout=dt.timedelta(hours=1),
+    )
+
+    @task(retries=0)
+    def quality_gate(plan: dict) -> dict:
+        """Great Expectations gate: fail closed, quarantine what fails."""
+        from mlpipeline.data import generation
+
+        return generation.gate(generation.BuildPlan.from_dict(_plan_fields(plan)))
+
+    @task(outlets=[TRAINING_DATASET])
+    def publish(plan: dict, quality: dict, dag_run=None, outlet_events=None) -> dict:
+        """Publish the version atomically and announce it."""
+        from mlpipeline.data import generation
+
+        manifest = generation.publish_training(
+            generation.BuildPlan.from_dict(_plan_fields(plan)),
+            quality,
+            run={"dag_id": dag_run.dag_id, "run_id": dag_run.run_id},
+        )
+        extra = generation.asset_extra(manifest)
+        outlet_events[TRAINING_DATASET].extra = extra
+        return extra
+
+    gate = quality_gate(plan)
+    wait_for_raw >> plan >> build_dataset >> gate
+    publish(plan, gate)
+
+
+def _plan_fields(plan: dict) -> dict:
+    return {k: v for k, v in plan.items() if k != "job_args"}
+
+
+dataset_generation()

@@ -1,0 +1,89 @@
+"""Pipeline settings file (``include/config/pipeline.yaml``, or ``MLP_PIPELINE_CONFIG``).
+
+Typed with pydantic: a wrong key or value fails with its path in the file and the reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mlpipeline.config import PROJECT_ROOT, get_settings
+
+CONFIG_DIR = PROJECT_ROOT / "include" / "config"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetConfig(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9_]+$")
+    window_days: int = Field(ge=1, le=366)
+    validation_fraction: float = Field(gt=0, lt=1)
+    subsample_fraction: float = Field(gt=0, le=1)
+    seed: int
+    sensor_poke_interval_s: int = Field(ge=1)
+    sensor_timeout_s: int = Field(ge=1)
+
+
+class QualityConfig(_Strict):
+    suite: str
+    min_rows_per_day: int = Field(ge=0)
+    label_rate_min: float = Field(ge=0, le=1)
+    label_rate_max: float = Field(ge=0, le=1)
+    max_duplicate_share: float = Field(ge=0, le=1)
+    max_cancelled_share: float = Field(ge=0, le=1)
+    min_weather_coverage_per_origin: float = Field(ge=0, le=1)
+    origins: tuple[str, ...]
+
+    @model_validator(mode="after")
+    def _bounds(self) -> QualityConfig:
+        if self.label_rate_min > self.label_rate_max:
+            raise ValueError("quality.label_rate_min is above quality.label_rate_max")
+        return self
+
+    @property
+    def suite_path(self) -> Path:
+        return CONFIG_DIR / "expectations" / self.suite
+
+
+class GoldenConfig(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9_]+$")
+    default_version: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    default_start: dt.date
+    default_end: dt.date
+    default_sample_size: int = Field(ge=100)
+
+
+class PipelineConfig(_Strict):
+    dataset: DatasetConfig
+    quality: QualityConfig
+    golden: GoldenConfig
+
+
+class PipelineConfigError(ValueError):
+    """The pipeline settings file is missing or invalid."""
+
+
+def load_pipeline_config(path: Path) -> PipelineConfig:
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise PipelineConfigError(f"cannot read pipeline settings {path}: {err}") from None
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        raise PipelineConfigError(f"invalid pipeline settings {path}: {problems}") from None
+
+
+@functools.cache
+def get_pipeline_config() -> PipelineConfig:
+    """The pipeline settings the environment selects (cached)."""
+    return load_pipeline_config(get_settings().pipeline_config)

@@ -1,0 +1,1 @@
+"""Airflow extensions of the pipeline (sensors, links, notifiers); logic lives in ``mlpipeline``."""

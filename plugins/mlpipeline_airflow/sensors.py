@@ -1,0 +1,53 @@
+"""Sensors that wait for lake data and, on timeout, say exactly what is still missing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from airflow.sdk import BaseSensorOperator
+from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
+
+
+class LakePartitionsSensor(BaseSensorOperator):
+    """Wait until every lake directory in ``directories`` is committed (``_SUCCESS`` present).
+
+    ``directories`` is a callable of the task context (so the window follows the run's data
+    interval). A :class:`ValueError` from it (a window that can never exist) fails at once;
+    on timeout the error lists every partition still missing.
+    """
+
+    template_fields: Sequence[str] = ()
+
+    def __init__(self, *, directories: Callable[[Any], list[str]], what: str = "partitions", **kwargs: Any):
+        kwargs.setdefault("mode", "reschedule")
+        super().__init__(**kwargs)
+        self.directories = directories
+        self.what = what
+        self._missing: list[str] = []
+
+    def _check(self, context: Any) -> list[str]:
+        from mlpipeline.lake import Lake
+
+        try:
+            wanted = self.directories(context)
+        except ValueError as err:
+            raise AirflowFailException(str(err)) from None
+        return Lake.from_settings().missing(wanted)
+
+    def poke(self, context: Any) -> bool:
+        self._missing = self._check(context)
+        if self._missing:
+            shown = ", ".join(self._missing[:10]) + (" …" if len(self._missing) > 10 else "")
+            self.log.info("waiting for %d %s: %s", len(self._missing), self.what, shown)
+        return not self._missing
+
+    def execute(self, context: Any) -> Any:
+        try:
+            return super().execute(context)
+        except AirflowSensorTimeout:
+            missing = self._missing or self._check(context)
+            raise AirflowSensorTimeout(
+                f"timed out after {self.timeout:.0f}s waiting for {len(missing)} {self.what}: "
+                + ", ".join(missing)
+            ) from None
