@@ -50,6 +50,13 @@ def _window_partitions(context) -> list[str]:
     return required_partitions(start, end)
 
 
+def _record_missing(context, reason: str) -> None:
+    from mlpipeline.data.datasets import quarantine
+    from mlpipeline.lake import Lake
+
+    quarantine(Lake.from_settings(), DATASET.name, context["data_interval_start"].date(), reason)
+
+
 @dag(
     dag_id="dataset_generation",
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
@@ -66,6 +73,7 @@ def dataset_generation():
         task_id="wait_for_raw",
         directories=_window_partitions,
         what="raw partitions",
+        on_timeout=_record_missing,
         poke_interval=DATASET.sensor_poke_interval_s,
         timeout=DATASET.sensor_timeout_s,
         retries=0,

@@ -14,16 +14,25 @@ class LakePartitionsSensor(BaseSensorOperator):
 
     ``directories`` is a callable of the task context (so the window follows the run's data
     interval). A :class:`ValueError` from it (a window that can never exist) fails at once;
-    on timeout the error lists every partition still missing.
+    on timeout the error lists every partition still missing, and ``on_timeout(context,
+    reason)`` (if given) records it (e.g. a quarantine entry).
     """
 
     template_fields: Sequence[str] = ()
 
-    def __init__(self, *, directories: Callable[[Any], list[str]], what: str = "partitions", **kwargs: Any):
+    def __init__(
+        self,
+        *,
+        directories: Callable[[Any], list[str]],
+        what: str = "partitions",
+        on_timeout: Callable[[Any, str], None] | None = None,
+        **kwargs: Any,
+    ):
         kwargs.setdefault("mode", "reschedule")
         super().__init__(**kwargs)
         self.directories = directories
         self.what = what
+        self.on_timeout = on_timeout
         self._missing: list[str] = []
 
     def _check(self, context: Any) -> list[str]:
@@ -47,7 +56,10 @@ class LakePartitionsSensor(BaseSensorOperator):
             return super().execute(context)
         except AirflowSensorTimeout:
             missing = self._missing or self._check(context)
-            raise AirflowSensorTimeout(
+            reason = (
                 f"timed out after {self.timeout:.0f}s waiting for {len(missing)} {self.what}: "
                 + ", ".join(missing)
-            ) from None
+            )
+            if self.on_timeout is not None:
+                self.on_timeout(context, reason)
+            raise AirflowSensorTimeout(reason) from None

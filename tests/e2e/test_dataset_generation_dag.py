@@ -8,81 +8,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from pathlib import Path
 
 import pandas as pd
-import pendulum
 import pytest
-import yaml
+from dataset_helpers import GOLDEN_DAYS, load_dag, run_for_day, states
 
-from mlpipeline.config import PROJECT_ROOT
 from mlpipeline.data import datasets
-from mlpipeline.data.landing import land_range, partition_dir
+from mlpipeline.data.landing import partition_dir
 from mlpipeline.lake import Lake
 
 pytestmark = pytest.mark.spark
-
-TRAIN_DAYS = (dt.date(2013, 1, 1), dt.date(2013, 1, 7))
-GOLDEN_DAYS = (dt.date(2013, 1, 20), dt.date(2013, 1, 22))
-
-
-def write_test_config(path: Path, **quality) -> Path:
-    cfg = yaml.safe_load((PROJECT_ROOT / "include" / "config" / "pipeline.yaml").read_text())
-    cfg["dataset"].update({"window_days": 3, "sensor_poke_interval_s": 1, "sensor_timeout_s": 4})
-    cfg["quality"].update(quality)
-    cfg["golden"].update(
-        {
-            "default_start": GOLDEN_DAYS[0].isoformat(),
-            "default_end": GOLDEN_DAYS[1].isoformat(),
-            "default_sample_size": 1000,
-        }
-    )
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-@pytest.fixture(scope="module")
-def landed_lake(tmp_path_factory) -> str:
-    """A lake with the real raw days the tests build from (copied per test)."""
-    root = tmp_path_factory.mktemp("raw-lake")
-    lake = Lake.from_uri(f"file://{root}")
-    land_range(lake, *TRAIN_DAYS)
-    land_range(lake, *GOLDEN_DAYS)
-    return str(root)
-
-
-@pytest.fixture
-def env(landed_lake, tmp_path, settings_env, airflow_db):
-    """Settings for one test: its own copy of the landed lake and the 3-day test config."""
-    import shutil
-
-    lake_root = tmp_path / "lake"
-    shutil.copytree(landed_lake, lake_root)
-    config = write_test_config(tmp_path / "pipeline.yaml")
-    settings = settings_env(
-        lake_uri=f"file://{lake_root}", pipeline_config=str(config), state_dir=str(tmp_path / "state")
-    )
-    return Lake.from_settings(settings)
-
-
-def load_dag(dag_id: str):
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / f"{dag_id}.py"))
-    assert bag.import_errors == {}
-    dag = bag.dags[dag_id]
-    for task in dag.tasks:
-        task.retries = 0  # failures are asserted; dag.test() would wait out retry delays
-    return dag
-
-
-def run_for_day(dag, day: dt.date):
-    """A manual run covering data interval ``[day, day+1)`` (see test_raw_landing_dag)."""
-    return dag.test(logical_date=pendulum.datetime(day.year, day.month, day.day, tz="UTC").add(days=1))
-
-
-def states(run) -> dict[str, str]:
-    return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
 
 
 def test_golden_then_two_versions_and_a_reproducible_rerun(env: Lake):
@@ -134,3 +69,125 @@ def _file_bytes(lake: Lake, directory: str) -> dict[str, bytes]:
         for name, path in zip(commit.files, commit.file_paths(), strict=True)
         if name.endswith(".parquet")
     }
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input: each one blocked with a named reason, a quarantine entry, nothing published.
+# The window of version 2013-01-06 is 01-04..01-06; the defect is put into day 01-06.
+# ---------------------------------------------------------------------------------------
+BAD_DAY = dt.date(2013, 1, 6)
+
+
+def mutate(lake: Lake, table: str, day: dt.date, change) -> None:
+    """Republish a raw partition with ``change`` applied to its rows (as a faulty upstream would)."""
+    directory = partition_dir(table, day)
+    frame = lake.read_frame(directory)
+    lake.publish_frames(directory, {"part-0": change(frame)}, meta={"table": table, "mutated": True})
+
+
+def drop_commit(lake: Lake, table: str, day: dt.date) -> None:
+    lake.delete(f"{partition_dir(table, day)}/_SUCCESS")
+
+
+def _negative_distance(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    frame.loc[frame.index[::20], "distance"] = -frame.loc[frame.index[::20], "distance"]
+    return frame
+
+
+def _duplicated(frame: pd.DataFrame) -> pd.DataFrame:
+    return pd.concat([frame, frame.iloc[::5]], ignore_index=True)  # +20% duplicated rows
+
+
+BAD_INPUTS = {
+    "missing partition": (
+        lambda lake: drop_commit(lake, "weather", BAD_DAY),
+        "wait_for_raw",
+        "waiting for 1 raw partitions: raw/weather/dt=2013-01-06",
+    ),
+    "empty partition": (
+        lambda lake: mutate(lake, "flights", BAD_DAY, lambda f: f.iloc[0:0]),
+        "quality_gate",
+        "[days] expect_column_values_to_be_between on column 'rows'",
+    ),
+    "missing column": (
+        lambda lake: mutate(lake, "flights", BAD_DAY, lambda f: f.drop(columns=["distance"])),
+        "prepare",
+        "column 'distance' of raw/flights/dt=2013-01-06 is missing",
+    ),
+    "numbers as strings": (
+        lambda lake: mutate(lake, "flights", BAD_DAY, lambda f: f.assign(distance=f["distance"].astype(str))),
+        "prepare",
+        "column 'distance' of raw/flights/dt=2013-01-06 has type string; expected double",
+    ),
+    "all labels null": (
+        lambda lake: [
+            mutate(
+                lake, "flights", d, lambda f: f.assign(arr_delay=pd.array([None] * len(f), dtype="Float64"))
+            )
+            for d in (dt.date(2013, 1, 4), dt.date(2013, 1, 5), BAD_DAY)
+        ],
+        "quality_gate",
+        "expect_table_row_count_to_be_between",
+    ),
+    "duplicated rows": (
+        lambda lake: mutate(lake, "flights", BAD_DAY, _duplicated),
+        "quality_gate",
+        "[job] expect_column_values_to_be_between on column 'duplicate_share'",
+    ),
+    "out-of-range values": (
+        lambda lake: (
+            mutate(lake, "flights", BAD_DAY, _negative_distance),
+            mutate(lake, "weather", BAD_DAY, lambda f: f.assign(temp=(f["temp"] - 32) * 5 / 9 + 273.15)),
+        ),
+        "quality_gate",
+        "expect_column_values_to_be_between on column 'distance'",
+    ),
+    "weather stops covering an airport": (
+        lambda lake: mutate(lake, "weather", BAD_DAY, lambda f: f[f["origin"] != "JFK"]),
+        "quality_gate",
+        "on column 'temp' where origin==\"JFK\"",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_blocked_with_its_reason(env: Lake, case: str, capfd):
+    breaks, failing_task, reason = BAD_INPUTS[case]
+    breaks(env)
+    run = run_for_day(load_dag("dataset_generation"), BAD_DAY)
+    out, err = capfd.readouterr()
+    assert run.state == "failed", states(run)
+    assert states(run)[failing_task] == "failed", states(run)
+    assert states(run)["publish"] != "success"
+    assert reason in out + err, f"reason {reason!r} not in the task log"
+    # Nothing published, and the refusal is recorded with its reason.
+    assert not env.is_committed(datasets.dataset_dir("flights_delay", BAD_DAY))
+    entries = env.list_dirs(datasets.quarantine_dir("flights_delay", BAD_DAY))
+    assert len(entries) == 1, entries
+    recorded = json.loads(
+        env.read_bytes(f"{datasets.quarantine_dir('flights_delay', BAD_DAY)}/{entries[0]}/_SUCCESS")
+    )
+    assert recorded["meta"]["reason"]
+    if failing_task == "quality_gate":
+        assert "validation.json" in recorded["files"]
+        assert any(f.startswith("staged/train/") for f in recorded["files"])
+
+
+def test_failed_rebuild_leaves_the_published_version_untouched(env: Lake):
+    dag = load_dag("dataset_generation")
+    assert run_for_day(dag, BAD_DAY).state == "success"
+    before = datasets.read_manifest(env, "flights_delay", BAD_DAY)
+    mutate(env, "weather", BAD_DAY, lambda f: f.assign(temp=f["temp"] + 273.15))
+    run = run_for_day(dag, BAD_DAY)
+    assert run.state == "failed"
+    after, _ = datasets.load_dataset(env, "flights_delay", BAD_DAY)  # still whole: hash verified
+    assert after["content_hash"] == before["content_hash"]
+    assert after["created_at"] == before["created_at"]
+
+
+def test_window_before_the_data_fails_at_once(env: Lake, capfd):
+    run = run_for_day(load_dag("dataset_generation"), dt.date(2013, 1, 2))  # needs 2012-12-31
+    out, err = capfd.readouterr()
+    assert states(run)["wait_for_raw"] == "failed"
+    assert "the first buildable version is 2013-01-03" in out + err

@@ -61,12 +61,18 @@ def window_for(day: dt.date, window_days: int) -> tuple[dt.date, dt.date]:
 # Content hash and code version
 # --------------------------------------------------------------------------------------
 def frame_hash(frame: pd.DataFrame) -> str:
-    """Hash of a table's content: independent of file names, partitioning and row order."""
+    """Hash of a table's content: independent of file names, partitioning and row order.
+
+    Column types enter as Arrow types, so the pandas dtype backend a reader chose does not
+    change the hash; values enter through pandas' stable row hashes.
+    """
     import pandas as pd
+    import pyarrow as pa
 
     ordered = frame.sort_values(KEY, kind="mergesort").reset_index(drop=True)
+    schema = pa.Schema.from_pandas(ordered, preserve_index=False)
     digest = hashlib.sha256()
-    digest.update(json.dumps([(c, str(ordered[c].dtype)) for c in ordered.columns]).encode())
+    digest.update(json.dumps([(f.name, str(f.type)) for f in schema]).encode())
     digest.update(pd.util.hash_pandas_object(ordered, index=False).to_numpy().tobytes())
     return digest.hexdigest()
 

@@ -36,7 +36,7 @@ class QualityGateError(datasets.DatasetError):
     """The staged dataset failed the quality gate; it was quarantined, nothing was published."""
 
 
-class WindowError(datasets.DatasetError):
+class WindowError(datasets.DatasetError, ValueError):
     """The requested window can never be built (it starts before the first day of data)."""
 
 

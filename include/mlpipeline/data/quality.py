@@ -44,7 +44,13 @@ class Failure:
 
     def describe(self) -> str:
         where = f" on column '{self.column}'" if self.column else ""
-        shown = {k: v for k, v in self.kwargs.items() if k not in ("column", "batch_id")}
+        condition = self.kwargs.get("row_condition")
+        if isinstance(condition, dict):
+            condition = condition.get("pass_through_filter", condition)
+        if condition:
+            where += f" where {condition}"
+        hidden = ("column", "batch_id", "row_condition", "condition_parser")
+        shown = {k: v for k, v in self.kwargs.items() if k not in hidden}
         return f"[{self.batch}] {self.expectation}{where} {shown}: observed {self.observed}"
 
 
