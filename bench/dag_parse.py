@@ -31,7 +31,10 @@ def parse_seconds(path: Path) -> float:
     best = float("inf")
     for _ in range(REPEATS):
         result = subprocess.run(
-            [sys.executable, "-c", PROBE, str(path), str(ROOT / "plugins")], capture_output=True, text=True, check=True
+            [sys.executable, "-c", PROBE, str(path), str(ROOT / "plugins")],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         best = min(best, json.loads(result.stdout.strip().splitlines()[-1])["seconds"])
     return best

@@ -83,6 +83,9 @@ class AirflowApi:
             "POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": logical_date, "conf": conf or {}}
         )
 
+    def dag_run(self, dag_id: str, run_id: str) -> dict:
+        return self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+
     def dag_runs(self, dag_id: str, **params: Any) -> list[dict]:
         params.setdefault("limit", 100)
         return self._call("GET", f"/dags/{dag_id}/dagRuns", params=params)["dag_runs"]

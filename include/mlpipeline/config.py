@@ -65,10 +65,13 @@ class Settings(BaseModel):
     data_end: dt.date = Field(
         default=NYCFLIGHTS13_LAST_DAY, description="Last day the pipeline's DAGs schedule."
     )
-    demo_landing_start: dt.date = Field(
-        default=dt.date(2013, 1, 1), description="First day `make demo` lands."
+    demo_first_version: dt.date = Field(
+        default=dt.date(2013, 1, 28),
+        description="First dataset version `make demo` backfills (raw data for its window is landed first).",
     )
-    demo_landing_end: dt.date = Field(default=dt.date(2013, 1, 7), description="Last day `make demo` lands.")
+    demo_last_version: dt.date = Field(
+        default=dt.date(2013, 2, 1), description="Last dataset version `make demo` backfills."
+    )
 
     # --- embedded stack ----------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Address every local service binds.")
@@ -104,10 +107,10 @@ class Settings(BaseModel):
     def _ranges(self) -> Settings:
         if self.data_start > self.data_end:
             raise ValueError(f"MLP_DATA_START ({self.data_start}) is after MLP_DATA_END ({self.data_end})")
-        if self.demo_landing_start > self.demo_landing_end:
+        if self.demo_first_version > self.demo_last_version:
             raise ValueError(
-                f"MLP_DEMO_LANDING_START ({self.demo_landing_start}) is after "
-                f"MLP_DEMO_LANDING_END ({self.demo_landing_end})"
+                f"MLP_DEMO_FIRST_VERSION ({self.demo_first_version}) is after "
+                f"MLP_DEMO_LAST_VERSION ({self.demo_last_version})"
             )
         return self
 

@@ -1,24 +1,31 @@
 """``make demo``: start the embedded stack and run the main job through the scheduler.
 
-Today the main job is the raw landing backfill: ``raw_landing`` is unpaused and backfilled
-over ``MLP_DEMO_LANDING_START..MLP_DEMO_LANDING_END`` through the REST API, exactly as an
-operator would from the UI. Running the demo again is safe (days already landed are skipped
-by the backfill's ``reprocess_behavior="failed"``, failed ones are retried).
+Everything goes through the Airflow REST API, exactly as an operator would from the UI:
+
+1. ``raw_landing`` backfills the raw days the demo needs (the windows of the dataset
+   versions, and the golden range);
+2. ``golden_dataset`` is triggered once (skipped when its version already exists: frozen);
+3. ``dataset_generation`` backfills ``MLP_DEMO_FIRST_VERSION..MLP_DEMO_LAST_VERSION``.
+
+Running the demo again is safe: backfills use ``reprocess_behavior="failed"``, so days that
+already succeeded are not redone, and failed ones are retried.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 
 from mlpipeline import stack
 from mlpipeline.airflow_api import AirflowApi, AirflowApiError
 from mlpipeline.config import Settings
-from mlpipeline.data.landing import iter_days, partition_dir
-from mlpipeline.data.nycflights13_source import TABLES
+from mlpipeline.data import datasets
+from mlpipeline.data.landing import iter_days
 from mlpipeline.lake import Lake
+from mlpipeline.pipeline_config import PipelineConfig, get_pipeline_config
 
 
-def backfill_and_wait(api: AirflowApi, dag_id: str, start, end, timeout_s: float = 900) -> dict:
+def backfill_and_wait(api: AirflowApi, dag_id: str, start, end, timeout_s: float = 1800) -> dict:
     """Unpause ``dag_id``, backfill ``start..end`` and wait for every run; raise if one failed."""
     api.wait_for_dag(dag_id)
     api.set_paused(dag_id, False)
@@ -27,7 +34,7 @@ def backfill_and_wait(api: AirflowApi, dag_id: str, start, end, timeout_s: float
         api.create_backfill(dag_id, start, end, reprocess="failed")
     except AirflowApiError as err:
         # Nothing to (re)process: every day already succeeded. Anything else is an error.
-        if "409" not in str(err) and "No runs" not in str(err) and "no runs" not in str(err):
+        if "409" not in str(err) and "no runs" not in str(err).lower():
             raise
     states = api.wait_for_runs(dag_id, days, timeout_s=timeout_s)
     failed = sorted(d.isoformat() for d, s in states.items() if s != "success")
@@ -38,7 +45,31 @@ def backfill_and_wait(api: AirflowApi, dag_id: str, start, end, timeout_s: float
     return states
 
 
+def trigger_and_wait(api: AirflowApi, dag_id: str, conf: dict, timeout_s: float = 1800) -> str:
+    """Trigger one run of ``dag_id`` with ``conf`` and wait for it to finish; return its state."""
+    api.wait_for_dag(dag_id)
+    api.set_paused(dag_id, False)
+    run = api.trigger(dag_id, conf=conf)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = api.dag_run(dag_id, run["dag_run_id"])["state"]
+        if state in ("success", "failed"):
+            return state
+        time.sleep(3)
+    raise AirflowApiError(f"{dag_id} run {run['dag_run_id']} not finished after {timeout_s:.0f}s")
+
+
+def landing_ranges(settings: Settings, cfg: PipelineConfig) -> list[tuple[dt.date, dt.date]]:
+    """Raw days the demo needs: the dataset versions' windows and the golden range."""
+    first_window_start = settings.demo_first_version - dt.timedelta(days=cfg.dataset.window_days - 1)
+    return [
+        (max(first_window_start, settings.data_start), settings.demo_last_version),
+        (cfg.golden.default_start, cfg.golden.default_end),
+    ]
+
+
 def run(settings: Settings) -> int:
+    cfg = get_pipeline_config()
     started = time.monotonic()
     print("Starting the embedded stack (Airflow, MLflow)…", flush=True)
     stack.up(settings)
@@ -48,29 +79,44 @@ def run(settings: Settings) -> int:
     errors = api.import_errors()
     if errors:
         raise AirflowApiError(f"DAG import errors: {errors}")
-
-    start, end = settings.demo_landing_start, settings.demo_landing_end
-    print(f"Landing raw data {start}..{end} with a raw_landing backfill…", flush=True)
-    backfill_and_wait(api, "raw_landing", start, end)
-
     lake = Lake.from_settings(settings)
-    missing = lake.missing(partition_dir(t, d) for d in iter_days(start, end) for t in TABLES)
-    if missing:
-        raise AirflowApiError(f"runs succeeded but partitions are missing: {missing}")
-    flights = sum(lake.read_commit(partition_dir("flights", d)).meta["rows"] for d in iter_days(start, end))
 
-    print(
-        "\n".join(
-            [
-                "",
-                "Demo finished.",
-                f"  raw data landed : {start}..{end}, {flights} flights, under {lake.uri('raw')}",
-                f"  UI up after     : {ui_up:.0f}s; whole demo: {time.monotonic() - started:.0f}s",
-                f"  Airflow UI      : {settings.airflow_url}   login {settings.admin_user} / "
-                f"{secrets['admin_password']}",
-                f"  MLflow UI       : {settings.mlflow_url}",
-                "  The stack keeps running; stop it with: make down",
-            ]
+    for start, end in landing_ranges(settings, cfg):
+        print(f"1/3 raw_landing backfill {start}..{end}…", flush=True)
+        backfill_and_wait(api, "raw_landing", start, end)
+
+    golden = cfg.golden
+    if lake.is_committed(datasets.golden_dir(golden.name, golden.default_version)):
+        print(f"2/3 golden set {golden.name}/{golden.default_version} exists (frozen): kept", flush=True)
+    else:
+        print(
+            f"2/3 golden_dataset {golden.default_version} ({golden.default_start}..{golden.default_end})…",
+            flush=True,
         )
-    )
+        state = trigger_and_wait(api, "golden_dataset", conf={})
+        if state != "success":
+            raise AirflowApiError("golden_dataset failed; open its run in the Airflow UI for the task logs")
+
+    first, last = settings.demo_first_version, settings.demo_last_version
+    print(f"3/3 dataset_generation backfill {first}..{last}…", flush=True)
+    backfill_and_wait(api, "dataset_generation", first, last)
+
+    lines = ["", "Demo finished.", "  dataset versions:"]
+    for day in iter_days(first, last):
+        manifest = datasets.read_manifest(lake, cfg.dataset.name, day)
+        lines.append(
+            f"    {manifest['version']}  window {manifest['window']['start']}..{manifest['window']['end']}  "
+            f"rows {manifest['rows']}  label rate {manifest['label_rate']['train']:.3f}  "
+            f"{manifest['content_hash'][:19]}…"
+        )
+    info = datasets.current_golden(lake, golden.name)
+    lines += [
+        f"  golden set      : {info.name}/{info.version} {info.start}..{info.end} {info.content_hash[:19]}…",
+        f"  lake            : {lake.uri()}",
+        f"  UI up after     : {ui_up:.0f}s; whole demo: {time.monotonic() - started:.0f}s",
+        f"  Airflow UI      : {settings.airflow_url}   login {settings.admin_user} / {secrets['admin_password']}",
+        f"  MLflow UI       : {settings.mlflow_url}",
+        "  The stack keeps running; stop it with: make down",
+    ]
+    print("\n".join(lines))
     return 0

@@ -14,10 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from dataset_helpers import write_test_config
 
+from mlpipeline.data import datasets
 from mlpipeline.lake import Lake
 
-pytestmark = pytest.mark.stack
+pytestmark = [pytest.mark.stack, pytest.mark.spark]
 
 
 def _free_port() -> int:
@@ -45,8 +47,10 @@ def test_demo_twice_then_down(tmp_path: Path):
             "MLP_STATE_DIR": str(state),
             "MLP_AIRFLOW_PORT": str(_free_port()),
             "MLP_MLFLOW_PORT": str(_free_port()),
-            "MLP_DEMO_LANDING_START": "2013-01-01",
-            "MLP_DEMO_LANDING_END": "2013-01-03",
+            # A 3-day window and golden range keep the Spark jobs short; 5 versions as in the issue.
+            "MLP_PIPELINE_CONFIG": str(write_test_config(tmp_path / "pipeline.yaml")),
+            "MLP_DEMO_FIRST_VERSION": "2013-01-03",
+            "MLP_DEMO_LAST_VERSION": "2013-01-07",
             "MLP_ADMIN_PASSWORD": "demo-test-pass",
         }
     )
@@ -56,14 +60,22 @@ def test_demo_twice_then_down(tmp_path: Path):
         assert "Demo finished." in first.stdout
         assert "login admin / demo-test-pass" in first.stdout
         lake = Lake.from_uri(f"file://{state / 'lake'}")
-        assert lake.committed_partitions("raw/flights") == ["2013-01-01", "2013-01-02", "2013-01-03"]
+        landed = lake.committed_partitions("raw/flights")
+        assert landed == [f"2013-01-0{d}" for d in range(1, 8)] + ["2013-01-20", "2013-01-21", "2013-01-22"]
+        versions = lake.committed_partitions("datasets/flights_delay", key="ds")
+        assert versions == [f"2013-01-0{d}" for d in range(3, 8)]  # 5 versions from one REST backfill
+        assert lake.is_committed("golden/flights_delay_golden/v1")
+        hashes = {v: datasets.read_manifest(lake, "flights_delay", v)["content_hash"] for v in versions}
         status = _cli(env, "status")
         assert status.returncode == 0, status.stdout
         assert status.stdout.count("running") == 5
 
         second = _cli(env, "demo")
         assert second.returncode == 0, f"{second.stdout}\n{second.stderr}"
-        assert lake.committed_partitions("raw/flights") == ["2013-01-01", "2013-01-02", "2013-01-03"]
+        assert "golden set flights_delay_golden/v1 exists (frozen): kept" in second.stdout
+        assert {
+            v: datasets.read_manifest(lake, "flights_delay", v)["content_hash"] for v in versions
+        } == hashes
     finally:
         pids = [json.loads(p.read_text())["pid"] for p in (state / "run").glob("*.json")]
         down = _cli(env, "down", timeout=120)
