@@ -34,7 +34,7 @@ from mlpipeline_airflow.sensors import LakePartitionsSensor
 
 from mlpipeline.assets import TRAINING_DATASET
 from mlpipeline.config import get_settings
-from mlpipeline.dag_defaults import DEFAULT_ARGS, data_end, data_start
+from mlpipeline.dag_defaults import DEFAULT_ARGS, data_end, data_start, fail_without_retry
 from mlpipeline.data.datasets import JOB_SCRIPT
 from mlpipeline.pipeline_config import get_pipeline_config
 
@@ -76,10 +76,9 @@ def dataset_generation():
         on_timeout=_record_missing,
         poke_interval=DATASET.sensor_poke_interval_s,
         timeout=DATASET.sensor_timeout_s,
-        retries=0,
     )
 
-    @task(retries=0)
+    @task
     def prepare(data_interval_start=None) -> dict:
         """Stage the window's raw inputs and check them before Spark starts."""
         from mlpipeline.data import generation
@@ -87,8 +86,9 @@ def dataset_generation():
 
         cfg = get_pipeline_config()
         day = data_interval_start.date()
-        start, end = generation.training_window(day, cfg, get_settings())
-        plan = generation.prepare("training", cfg.dataset.name, day.isoformat(), start, end)
+        with fail_without_retry(generation.BadInputError, generation.WindowError):
+            start, end = generation.training_window(day, cfg, get_settings())
+            plan = generation.prepare("training", cfg.dataset.name, day.isoformat(), start, end)
         return plan.as_dict() | {"job_args": plan.job_args()}
 
     plan = prepare()
@@ -103,12 +103,13 @@ def dataset_generation():
         execution_timeout=dt.timedelta(hours=1),
     )
 
-    @task(retries=0)
+    @task
     def quality_gate(plan: dict) -> dict:
         """Great Expectations gate: fail closed, quarantine what fails."""
         from mlpipeline.data import generation
 
-        return generation.gate(generation.BuildPlan.from_dict(_plan_fields(plan)))
+        with fail_without_retry(generation.QualityGateError):
+            return generation.gate(generation.BuildPlan.from_dict(_plan_fields(plan)))
 
     @task(outlets=[TRAINING_DATASET])
     def publish(plan: dict, quality: dict, dag_run=None, outlet_events=None) -> dict:

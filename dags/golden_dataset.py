@@ -28,7 +28,7 @@ from mlpipeline_airflow.sensors import LakePartitionsSensor
 
 from mlpipeline.assets import GOLDEN_DATASET
 from mlpipeline.config import get_settings
-from mlpipeline.dag_defaults import DEFAULT_ARGS
+from mlpipeline.dag_defaults import DEFAULT_ARGS, fail_without_retry
 from mlpipeline.data.datasets import JOB_SCRIPT
 from mlpipeline.pipeline_config import get_pipeline_config
 
@@ -64,16 +64,18 @@ def _golden_partitions(context) -> list[str]:
     },
 )
 def golden_dataset():
-    @task(retries=0)
+    @task
     def check_version(params=None) -> str:
         """Refuse an existing version before any work (golden sets are frozen)."""
-        from mlpipeline.data.datasets import DatasetError, golden_dir
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from mlpipeline.data.datasets import golden_dir
         from mlpipeline.lake import Lake
 
         lake = Lake.from_settings()
         directory = golden_dir(GOLDEN.name, params["version"])
         if lake.is_committed(directory):
-            raise DatasetError(
+            raise AirflowFailException(
                 f"golden version {GOLDEN.name}/{params['version']} already exists at {lake.uri(directory)}; "
                 "golden sets are frozen: choose a new version name"
             )
@@ -85,21 +87,21 @@ def golden_dataset():
         what="raw partitions",
         poke_interval=30,
         timeout=600,
-        retries=0,
     )
 
-    @task(retries=0)
+    @task
     def prepare(params=None) -> dict:
         """Stage the range's raw inputs and check them before Spark starts."""
         from mlpipeline.data import generation
 
-        plan = generation.prepare(
-            "golden",
-            GOLDEN.name,
-            params["version"],
-            dt.date.fromisoformat(params["start"]),
-            dt.date.fromisoformat(params["end"]),
-        )
+        with fail_without_retry(generation.BadInputError):
+            plan = generation.prepare(
+                "golden",
+                GOLDEN.name,
+                params["version"],
+                dt.date.fromisoformat(params["start"]),
+                dt.date.fromisoformat(params["end"]),
+            )
         return plan.as_dict() | {"job_args": plan.job_args()}
 
     plan = prepare()
@@ -114,12 +116,13 @@ def golden_dataset():
         execution_timeout=dt.timedelta(hours=1),
     )
 
-    @task(retries=0)
+    @task
     def quality_gate(plan: dict) -> dict:
         """The same Great Expectations gate as training datasets."""
         from mlpipeline.data import generation
 
-        return generation.gate(generation.BuildPlan.from_dict(_plan_fields(plan)))
+        with fail_without_retry(generation.QualityGateError):
+            return generation.gate(generation.BuildPlan.from_dict(_plan_fields(plan)))
 
     @task(outlets=[GOLDEN_DATASET])
     def publish(plan: dict, quality: dict, params=None, dag_run=None, outlet_events=None) -> dict:

@@ -102,15 +102,22 @@ def pytest_configure(config: pytest.Config) -> None:
         }
     )
     env["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+    # Nothing listens here: tests that need MLflow use the mlflow_server fixture.
+    closed = free_port()
+    env["MLP_MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{closed}"
+    env["AIRFLOW_CONN_MLFLOW_DEFAULT"] = json.dumps(
+        {"conn_type": "http", "host": "127.0.0.1", "port": closed, "schema": "http"}
+    )
     os.environ.update(env)
     (base / "airflow").mkdir(parents=True, exist_ok=True)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    proc = _SESSION.get("moto_proc")
-    if isinstance(proc, subprocess.Popen):
-        proc.terminate()
-        proc.wait(timeout=10)
+    for name in ("moto_proc", "mlflow_proc"):
+        proc = _SESSION.get(name)
+        if isinstance(proc, subprocess.Popen):
+            proc.terminate()
+            proc.wait(timeout=30)
     if "postgres_db" in _SESSION:
         _drop_postgres_db(str(_SESSION["postgres_db"]))
     base = _SESSION.get("base")
@@ -205,3 +212,43 @@ def settings_env(monkeypatch: pytest.MonkeyPatch):
     yield apply
     get_settings.cache_clear()
     get_pipeline_config.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(session_dir: Path) -> str:
+    """A real MLflow tracking server (SQLite + local artifacts) on a free loopback port."""
+    import httpx
+
+    port = free_port()
+    root = session_dir / "mlflow"
+    (root / "artifacts").mkdir(parents=True, exist_ok=True)
+    log = open(root / "server.log", "wb")
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"), "server",
+            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination", str(root / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        ],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    _SESSION["mlflow_proc"] = proc
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{uri}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    else:
+        raise RuntimeError(f"MLflow server did not start; see {root / 'server.log'}")
+    os.environ["MLP_MLFLOW_TRACKING_URI"] = uri
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.environ["AIRFLOW_CONN_MLFLOW_DEFAULT"] = json.dumps(
+        {"conn_type": "http", "host": "127.0.0.1", "port": port, "schema": "http"}
+    )
+    from mlpipeline.config import get_settings
+
+    get_settings.cache_clear()
+    return uri

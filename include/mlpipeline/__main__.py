@@ -87,6 +87,19 @@ def cmd_demo(_args: argparse.Namespace) -> int:
     return demo.run(get_settings())
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from mlpipeline.training.reproduce import reproduce
+
+    result = reproduce(args.model, args.version)
+    print(json.dumps(result.as_dict(), indent=2))
+    verdict = "MATCHES" if result.matches else "DIFFERS"
+    print(
+        f"{verdict}: model {result.model} v{result.version} rebuilt from dataset {result.dataset_version}; "
+        f"max |Δ prediction| on golden set {result.golden_version} ({result.golden_rows} rows) = {result.max_abs_diff:.3g}"
+    )
+    return 0 if result.matches else 1
+
+
 def _print_access(settings) -> None:
     from mlpipeline import stack
 
@@ -121,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-n", "--lines", type=int, default=40)
     logs.set_defaults(func=cmd_logs)
     sub.add_parser("demo", help="start the stack and run the main job").set_defaults(func=cmd_demo)
+    rep = sub.add_parser("reproduce", help="rebuild a registered model and compare it on the golden set")
+    rep.add_argument("--model", required=True, help="registered model name, e.g. flight_delay")
+    rep.add_argument("--version", required=True, help="registered model version number")
+    rep.set_defaults(func=cmd_reproduce)
     return parser
 
 
@@ -135,11 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as err:  # a clear one-line reason, not a deep traceback, for known failures
         from mlpipeline.airflow_api import AirflowApiError
+        from mlpipeline.data.datasets import DatasetError
         from mlpipeline.data.landing import LandingError
         from mlpipeline.lake import LakeError
         from mlpipeline.stack import StackError
+        from mlpipeline.training.tracking import MlflowUnavailableError
 
-        if isinstance(err, (StackError, LandingError, LakeError, AirflowApiError)):
+        known = (StackError, LandingError, LakeError, AirflowApiError, DatasetError, MlflowUnavailableError)
+        if isinstance(err, known):
             print(f"error: {err}", file=sys.stderr)
             return 1
         raise

@@ -78,6 +78,18 @@ class AirflowApi:
             },
         )
 
+    def active_backfills(self, dag_id: str) -> list[dict]:
+        backfills = self._call("GET", "/backfills", params={"dag_id": dag_id, "limit": 100})["backfills"]
+        return [b for b in backfills if not b.get("completed_at")]
+
+    def wait_no_active_backfill(self, dag_id: str, timeout_s: float = 900) -> None:
+        """Airflow allows one running backfill per DAG: wait until the previous one completed."""
+        deadline = time.monotonic() + timeout_s
+        while self.active_backfills(dag_id):
+            if time.monotonic() > deadline:
+                raise AirflowApiError(f"a backfill of {dag_id} is still running after {timeout_s:.0f}s")
+            time.sleep(3)
+
     def trigger(self, dag_id: str, conf: dict | None = None, logical_date: str | None = None) -> dict:
         return self._call(
             "POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": logical_date, "conf": conf or {}}

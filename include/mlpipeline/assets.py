@@ -18,3 +18,7 @@ TRAINING_DATASET = Asset(name="training_dataset", group="datasets")
 
 #: A frozen golden evaluation set ``golden/<name>/<version>`` (extra: version, window, rows, hash).
 GOLDEN_DATASET = Asset(name="golden_dataset", group="datasets")
+
+#: A new registered model version with alias ``challenger`` (extra: model, version, run id,
+#: dataset version, data window end).
+MODEL_CANDIDATE = Asset(name="model_candidate", group="models")

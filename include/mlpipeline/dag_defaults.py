@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 
 import pendulum
 
@@ -26,3 +28,17 @@ def data_end() -> pendulum.DateTime:
     """Last day (data interval start) the time-scheduled DAGs cover (``MLP_DATA_END``)."""
     day = get_settings().data_end
     return pendulum.datetime(day.year, day.month, day.day, tz="UTC")
+
+
+@contextlib.contextmanager
+def fail_without_retry(*errors: type[BaseException]) -> Iterator[None]:
+    """Turn deterministic errors (bad input, refused data) into a failure Airflow does not retry.
+
+    Anything else (a server down, a full disk) fails normally and is retried.
+    """
+    try:
+        yield
+    except errors as err:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"{type(err).__name__}: {err}") from err

@@ -30,13 +30,11 @@ def backfill_and_wait(api: AirflowApi, dag_id: str, start, end, timeout_s: float
     api.wait_for_dag(dag_id)
     api.set_paused(dag_id, False)
     days = list(iter_days(start, end))
-    try:
-        api.create_backfill(dag_id, start, end, reprocess="failed")
-    except AirflowApiError as err:
-        # Nothing to (re)process: every day already succeeded. Anything else is an error.
-        if "409" not in str(err) and "no runs" not in str(err).lower():
-            raise
+    api.wait_no_active_backfill(dag_id)
+    # Days that already succeeded are not rerun ("failed" reprocesses failed days only).
+    api.create_backfill(dag_id, start, end, reprocess="failed")
     states = api.wait_for_runs(dag_id, days, timeout_s=timeout_s)
+    api.wait_no_active_backfill(dag_id)
     failed = sorted(d.isoformat() for d, s in states.items() if s != "success")
     if failed:
         raise AirflowApiError(

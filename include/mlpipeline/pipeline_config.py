@@ -59,10 +59,42 @@ class GoldenConfig(_Strict):
     default_sample_size: int = Field(ge=100)
 
 
+class TrainingConfig(_Strict):
+    model_name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    experiment: str
+    n_trials: int = Field(ge=1, description="a search needs at least one trial")
+    timeout_s: int = Field(ge=1)
+    seed: int
+    num_boost_round: int = Field(ge=1)
+    early_stopping_rounds: int = Field(ge=1)
+    pruning_warmup_rounds: int = Field(ge=0)
+    nthread: int = Field(ge=1)
+    reference_sample_rows: int = Field(ge=100)
+    search_space: dict[str, tuple[float, float] | tuple[float, float, str]]
+
+    @model_validator(mode="after")
+    def _space(self) -> TrainingConfig:
+        for name, bounds in self.search_space.items():
+            if bounds[0] > bounds[1]:
+                raise ValueError(f"training.search_space.{name}: low {bounds[0]} is above high {bounds[1]}")
+            if len(bounds) == 3 and bounds[2] != "log":
+                raise ValueError(f"training.search_space.{name}: third item must be 'log'")
+        return self
+
+
 class PipelineConfig(_Strict):
     dataset: DatasetConfig
     quality: QualityConfig
     golden: GoldenConfig
+    training: TrainingConfig
+
+    def fingerprint(self) -> str:
+        """A short hash of every pipeline setting (tagged on models: which settings made them)."""
+        import hashlib
+        import json
+
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(payload).hexdigest()[:16]
 
 
 class PipelineConfigError(ValueError):

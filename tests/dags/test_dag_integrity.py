@@ -16,6 +16,16 @@ HEAVY = ["pyspark", "xgboost", "mlflow", "evidently", "great_expectations", "pan
 #: dag_id -> expected task ids (the flow each DAG shows).
 EXPECTED_TASKS = {
     "raw_landing": {"land"},
+    "dataset_generation": {"wait_for_raw", "prepare", "build_dataset", "quality_gate", "publish"},
+    "golden_dataset": {
+        "check_version",
+        "wait_for_raw",
+        "prepare",
+        "build_dataset",
+        "quality_gate",
+        "publish",
+    },
+    "model_training": {"check_dataset", "train_model", "register_challenger"},
 }
 
 pytestmark = pytest.mark.metadata

@@ -1,0 +1,1 @@
+"""Model training: hyperparameter search, final fit, MLflow tracking and registration."""
