@@ -77,6 +77,18 @@ class Settings(BaseModel):
     host: str = Field(default="127.0.0.1", description="Address every local service binds.")
     airflow_port: Port = Field(default=8080, description="Airflow api-server (UI) port.")
     mlflow_port: Port = Field(default=5000, description="MLflow tracking server port.")
+    serving_port: Port = Field(default=8000, description="Model server port.")
+    serving_admin_token: str = Field(
+        default="",
+        description="Token for POST /admin/reload; empty = generate one once and keep it in state_dir.",
+    )
+    serving_poll_s: float = Field(
+        default=5.0, ge=0, description="How often the model server checks the serving location (0 = never)."
+    )
+    serving_log_flush_rows: int = Field(
+        default=500, ge=1, description="Prediction log: flush to the lake after this many rows…"
+    )
+    serving_log_flush_s: float = Field(default=5.0, gt=0, description="…or after this many seconds.")
     admin_user: str = Field(default="admin", description="Airflow UI login (SimpleAuthManager).")
     admin_password: str = Field(
         default="",
@@ -118,6 +130,14 @@ class Settings(BaseModel):
     def resolved_lake_uri(self) -> str:
         """The lake root as a URI (the default lake lives under the state dir)."""
         return self.lake_uri or f"file://{(self.state_dir / 'lake').resolve()}"
+
+    @property
+    def resolved_mlflow_uri(self) -> str:
+        return self.mlflow_tracking_uri or self.mlflow_url
+
+    @property
+    def serving_url(self) -> str:
+        return f"http://{self.host}:{self.serving_port}"
 
     @property
     def airflow_url(self) -> str:

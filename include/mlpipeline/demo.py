@@ -5,7 +5,9 @@ Everything goes through the Airflow REST API, exactly as an operator would from 
 1. ``raw_landing`` backfills the raw days the demo needs (the windows of the dataset
    versions, and the golden range);
 2. ``golden_dataset`` is triggered once (skipped when its version already exists: frozen);
-3. ``dataset_generation`` backfills ``MLP_DEMO_FIRST_VERSION..MLP_DEMO_LAST_VERSION``.
+3. ``dataset_generation`` backfills ``MLP_DEMO_FIRST_VERSION..MLP_DEMO_LAST_VERSION``;
+4. every published version triggers ``model_training`` through the ``training_dataset``
+   asset; the demo waits until the challenger was trained on the newest version.
 
 Running the demo again is safe: backfills use ``reprocess_behavior="failed"``, so days that
 already succeeded are not redone, and failed ones are retried.
@@ -57,6 +59,43 @@ def trigger_and_wait(api: AirflowApi, dag_id: str, conf: dict, timeout_s: float 
     raise AirflowApiError(f"{dag_id} run {run['dag_run_id']} not finished after {timeout_s:.0f}s")
 
 
+def wait_for_challenger(
+    api: AirflowApi, model_name: str, dataset_version: str, timeout_s: float = 1800
+) -> dict:
+    """Wait until model_training is idle and alias challenger points at a model of ``dataset_version``."""
+    import mlflow
+
+    from mlpipeline.training import tracking
+
+    tracking.connect()
+    client = mlflow.MlflowClient()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        runs = api.dag_runs("model_training", order_by="-run_after", limit=20)
+        busy = [r for r in runs if r["state"] in ("queued", "running")]
+        if runs and runs[0]["state"] == "failed" and not busy:
+            raise AirflowApiError(f"model_training run {runs[0]['dag_run_id']} failed; see its task logs")
+        try:
+            version = client.get_model_version_by_alias(model_name, "challenger")
+        except mlflow.exceptions.MlflowException:
+            version = None
+        if (
+            not busy
+            and version is not None
+            and version.tags.get(tracking.TAG_DATASET_VERSION) == dataset_version
+        ):
+            run = client.get_run(version.run_id)
+            return {
+                "model": model_name,
+                "version": version.version,
+                "dataset_version": dataset_version,
+                "val_roc_auc": run.data.metrics.get("val_roc_auc", float("nan")),
+                "url": tracking.model_version_url(model_name, version.version),
+            }
+        time.sleep(5)
+    raise AirflowApiError(f"no challenger trained on dataset {dataset_version} after {timeout_s:.0f}s")
+
+
 def landing_ranges(settings: Settings, cfg: PipelineConfig) -> list[tuple[dt.date, dt.date]]:
     """Raw days the demo needs: the dataset versions' windows and the golden range."""
     first_window_start = settings.demo_first_version - dt.timedelta(days=cfg.dataset.window_days - 1)
@@ -80,15 +119,15 @@ def run(settings: Settings) -> int:
     lake = Lake.from_settings(settings)
 
     for start, end in landing_ranges(settings, cfg):
-        print(f"1/3 raw_landing backfill {start}..{end}…", flush=True)
+        print(f"1/4 raw_landing backfill {start}..{end}…", flush=True)
         backfill_and_wait(api, "raw_landing", start, end)
 
     golden = cfg.golden
     if lake.is_committed(datasets.golden_dir(golden.name, golden.default_version)):
-        print(f"2/3 golden set {golden.name}/{golden.default_version} exists (frozen): kept", flush=True)
+        print(f"2/4 golden set {golden.name}/{golden.default_version} exists (frozen): kept", flush=True)
     else:
         print(
-            f"2/3 golden_dataset {golden.default_version} ({golden.default_start}..{golden.default_end})…",
+            f"2/4 golden_dataset {golden.default_version} ({golden.default_start}..{golden.default_end})…",
             flush=True,
         )
         state = trigger_and_wait(api, "golden_dataset", conf={})
@@ -96,8 +135,12 @@ def run(settings: Settings) -> int:
             raise AirflowApiError("golden_dataset failed; open its run in the Airflow UI for the task logs")
 
     first, last = settings.demo_first_version, settings.demo_last_version
+    api.wait_for_dag("model_training")
+    api.set_paused("model_training", False)  # dataset versions trigger training via the asset
     print(f"3/3 dataset_generation backfill {first}..{last}…", flush=True)
     backfill_and_wait(api, "dataset_generation", first, last)
+    print(f"4/4 model_training (triggered by the training_dataset asset) for {last}…", flush=True)
+    challenger = wait_for_challenger(api, cfg.training.model_name, last.isoformat())
 
     lines = ["", "Demo finished.", "  dataset versions:"]
     for day in iter_days(first, last):
@@ -109,6 +152,8 @@ def run(settings: Settings) -> int:
         )
     info = datasets.current_golden(lake, golden.name)
     lines += [
+        f"  challenger      : {challenger['model']} v{challenger['version']} (dataset {challenger['dataset_version']}, "
+        f"validation ROC AUC {challenger['val_roc_auc']:.3f}) {challenger['url']}",
         f"  golden set      : {info.name}/{info.version} {info.start}..{info.end} {info.content_hash[:19]}…",
         f"  lake            : {lake.uri()}",
         f"  UI up after     : {ui_up:.0f}s; whole demo: {time.monotonic() - started:.0f}s",

@@ -74,7 +74,7 @@ def load_or_create_secrets(paths: StackPaths, settings: Settings) -> dict[str, s
     if paths.secrets_file.exists():
         stored = json.loads(paths.secrets_file.read_text())
     changed = False
-    for key in ("jwt_secret", "api_secret_key"):
+    for key in ("jwt_secret", "api_secret_key", "serving_admin_token"):
         if not stored.get(key):
             stored[key] = secrets.token_urlsafe(32)
             changed = True
@@ -134,8 +134,8 @@ def airflow_environment(
         ),
         "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({"conn_type": "aws"}),
         "MLP_STATE_DIR": str(settings.state_dir),
-        "MLP_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
-        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "MLP_MLFLOW_TRACKING_URI": settings.resolved_mlflow_uri,
+        "MLFLOW_TRACKING_URI": settings.resolved_mlflow_uri,
         "NO_PROXY": "127.0.0.1,localhost",
     }
     for key in ("AIRFLOW_CONN_SPARK_DEFAULT", "AIRFLOW_CONN_MLFLOW_DEFAULT", "AIRFLOW_CONN_AWS_DEFAULT"):
@@ -200,6 +200,13 @@ def services(settings: Settings, paths: StackPaths) -> list[Service]:
             env=af_env,
         ),
         Service("airflow-scheduler", [str(bin_dir / "airflow"), "scheduler"], env=af_env),
+        Service(
+            "model-server",
+            [str(bin_dir / "python"), "-m", "mlpipeline.serving"],
+            port=settings.serving_port,
+            health_url=f"{settings.serving_url}/health",
+            env=af_env,
+        ),
         Service("airflow-dag-processor", [str(bin_dir / "airflow"), "dag-processor"], env=af_env),
         Service("airflow-triggerer", [str(bin_dir / "airflow"), "triggerer"], env=af_env),
     ]

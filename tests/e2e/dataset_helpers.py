@@ -18,6 +18,7 @@ def write_test_config(path: Path, **quality) -> Path:
     cfg = yaml.safe_load((PROJECT_ROOT / "include" / "config" / "pipeline.yaml").read_text())
     cfg["dataset"].update({"window_days": 3, "sensor_poke_interval_s": 1, "sensor_timeout_s": 4})
     cfg["quality"].update(quality)
+    cfg["training"].update({"n_trials": 5, "timeout_s": 120})
     cfg["golden"].update(
         {
             "default_start": GOLDEN_DAYS[0].isoformat(),

@@ -68,7 +68,7 @@ def test_demo_twice_then_down(tmp_path: Path):
         hashes = {v: datasets.read_manifest(lake, "flights_delay", v)["content_hash"] for v in versions}
         status = _cli(env, "status")
         assert status.returncode == 0, status.stdout
-        assert status.stdout.count("running") == 5
+        assert status.stdout.count("running") == 6
 
         second = _cli(env, "demo")
         assert second.returncode == 0, f"{second.stdout}\n{second.stderr}"

@@ -41,7 +41,7 @@ def tracking_uri() -> str:
             return f"{scheme}://{conn['host']}{port}"
         except (ValueError, KeyError):
             return raw  # URI form, e.g. http://mlflow:5000
-    return get_settings().mlflow_tracking_uri
+    return get_settings().resolved_mlflow_uri
 
 
 def connect(uri: str | None = None, timeout_s: float = 5.0) -> str:

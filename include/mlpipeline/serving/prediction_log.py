@@ -1,0 +1,148 @@
+"""The prediction log: every prediction, buffered and written to the lake as Parquet.
+
+``serving/predictions/dt=YYYY-MM-DD/part-<time>-<id>.parquet``: one file per flush and day.
+Rows are flushed when the buffer reaches ``flush_rows`` or ``flush_s`` has passed, and on
+shutdown. A write that fails (lake unavailable) spools the batch to local disk; spooled
+files are retried at every flush. ``lost`` counts rows that could be kept nowhere (it must
+stay 0).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from mlpipeline.lake import Lake
+
+log = logging.getLogger(__name__)
+
+PREFIX = "serving/predictions"
+
+
+class PredictionLog:
+    def __init__(self, lake: Lake, spool_dir: Path, flush_rows: int = 500, flush_s: float = 5.0) -> None:
+        self.lake = lake
+        self.spool_dir = spool_dir
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.flush_rows = flush_rows
+        self.flush_s = flush_s
+        self._rows: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.logged = 0
+        self.spooled = 0
+        self.lost = 0
+        self.flush_errors = 0
+
+    # -- producer side (request path: append only) ------------------------------------------
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._rows.extend(rows)
+            full = len(self._rows) >= self.flush_rows
+        if full and self._thread is not None:
+            threading.Thread(target=self.flush, daemon=True).start()
+
+    @property
+    def pending(self) -> int:
+        return len(self._rows)
+
+    # -- background flusher ----------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_s):
+            self.flush()
+
+    def close(self) -> None:
+        """Stop the flusher and write everything still buffered (graceful shutdown)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.flush()
+
+    def flush(self) -> int:
+        """Write buffered rows (and retry spooled files); return the rows written to the lake."""
+        with self._flush_lock:
+            with self._lock:
+                rows, self._rows = self._rows, []
+            written = self._retry_spool()
+            if not rows:
+                return written
+            for day, batch in _by_day(rows).items():
+                data = _to_parquet(batch)
+                name = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
+                try:
+                    self.lake.write_bytes(f"{PREFIX}/dt={day}/{name}", data)
+                    self.logged += len(batch)
+                    written += len(batch)
+                except Exception as err:  # the lake is down: keep the rows on local disk
+                    self.flush_errors += 1
+                    log.warning("prediction log: lake write failed (%s); spooling %d rows", err, len(batch))
+                    try:
+                        (self.spool_dir / f"dt={day}__{name}").write_bytes(data)
+                        self.spooled += len(batch)
+                    except OSError:
+                        log.exception("prediction log: cannot spool %d rows", len(batch))
+                        self.lost += len(batch)
+            return written
+
+    def _retry_spool(self) -> int:
+        written = 0
+        for path in sorted(self.spool_dir.glob("dt=*__*.parquet")):
+            day, name = path.name.split("__", 1)
+            try:
+                self.lake.write_bytes(f"{PREFIX}/{day}/{name}", path.read_bytes())
+            except Exception:
+                return written  # still down; try again at the next flush
+            rows = _row_count(path)
+            path.unlink()
+            self.spooled -= rows
+            self.logged += rows
+            written += rows
+        return written
+
+
+def _by_day(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        out.setdefault(row["dt"], []).append(row)
+    return out
+
+
+def _to_parquet(rows: list[dict[str, Any]]) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(rows)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def _row_count(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def read_day(lake: Lake, day: dt.date | str):
+    """Every logged prediction of one day as a dataframe (empty frame if none)."""
+    import pandas as pd
+
+    day = day if isinstance(day, str) else day.isoformat()
+    directory = f"{PREFIX}/dt={day}"
+    if not lake.exists(directory):
+        return pd.DataFrame()
+    paths = sorted(p for p in lake.fs.ls(lake.path(directory), detail=False) if str(p).endswith(".parquet"))
+    frames = [pd.read_parquet(io.BytesIO(lake.fs.cat_file(p))) for p in paths]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

