@@ -131,9 +131,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if item.get_closest_marker("metadata")]
 
 
+def session_dir_path() -> Path:
+    return Path(str(_SESSION["base"]))
+
+
 @pytest.fixture(scope="session")
 def session_dir() -> Path:
-    return Path(str(_SESSION["base"]))
+    return session_dir_path()
 
 
 @pytest.fixture(scope="session")
@@ -148,6 +152,9 @@ def airflow_db() -> str:
         check=False,
     )
     assert result.returncode == 0, f"airflow db migrate failed:\n{result.stdout}\n{result.stderr}"
+    from mlpipeline.stack import ensure_pools
+
+    ensure_pools(os.environ.copy(), session_dir_path() / "pools.log")
     return os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
 
 
@@ -231,6 +238,7 @@ def mlflow_server(session_dir: Path) -> str:
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         ],
         stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )  # fmt: skip
     _SESSION["mlflow_proc"] = proc
     uri = f"http://127.0.0.1:{port}"

@@ -111,6 +111,7 @@ def _print_access(settings) -> None:
                 f"Airflow UI : {settings.airflow_url}   "
                 f"login {settings.admin_user} / {secrets['admin_password']}",
                 f"MLflow UI  : {settings.mlflow_url}",
+                f"Model server: {settings.serving_url} (POST /predict, GET /health, GET /metrics)",
                 f"Lake       : {settings.resolved_lake_uri}",
                 f"Logs       : {settings.state_dir / 'logs'} (make logs); stop with: make down",
             ]

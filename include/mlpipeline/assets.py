@@ -22,3 +22,6 @@ GOLDEN_DATASET = Asset(name="golden_dataset", group="datasets")
 #: A new registered model version with alias ``challenger`` (extra: model, version, run id,
 #: dataset version, data window end).
 MODEL_CANDIDATE = Asset(name="model_candidate", group="models")
+
+#: The champion alias moved and the server serves it (extra: model, from/to version, action).
+MODEL_DEPLOYED = Asset(name="model_deployed", group="models")

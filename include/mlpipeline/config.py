@@ -89,6 +89,9 @@ class Settings(BaseModel):
         default=500, ge=1, description="Prediction log: flush to the lake after this many rows…"
     )
     serving_log_flush_s: float = Field(default=5.0, gt=0, description="…or after this many seconds.")
+    require_approval: bool = Field(
+        default=False, description="Ask a human (Airflow approval form) before every promotion."
+    )
     admin_user: str = Field(default="admin", description="Airflow UI login (SimpleAuthManager).")
     admin_password: str = Field(
         default="",

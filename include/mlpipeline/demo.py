@@ -96,6 +96,39 @@ def wait_for_challenger(
     raise AirflowApiError(f"no challenger trained on dataset {dataset_version} after {timeout_s:.0f}s")
 
 
+def wait_for_deployments(api: AirflowApi, lake: Lake, model_name: str, timeout_s: float = 1800) -> dict:
+    """Wait until model_deployment is idle with a champion; return it and the audit trail's decisions."""
+    import httpx
+
+    from mlpipeline.deployment import registry
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        runs = api.dag_runs("model_deployment", order_by="-run_after", limit=20)
+        busy = [r for r in runs if r["state"] in ("queued", "running")]
+        history = registry.read_history(lake, model_name)
+        if runs and not busy and history:
+            if runs[0]["state"] == "failed":
+                raise AirflowApiError(
+                    f"model_deployment run {runs[0]['dag_run_id']} failed; see its task logs"
+                )
+            champion = next(
+                (h["to_version"] for h in reversed(history) if h["action"] in ("promote", "rollback")), None
+            )
+            if champion is not None:
+                from mlpipeline.config import get_settings
+
+                served = httpx.get(f"{get_settings().serving_url}/health", timeout=5).json().get("version")
+                decisions = [
+                    f"{h['action']:<8} v{h['to_version']} (champion was v{h['from_version']}): "
+                    f"{'; '.join(h['reasons']) if isinstance(h['reasons'], list) else h['reasons']}"
+                    for h in history[-5:]
+                ]
+                return {"champion": champion, "served": served, "decisions": decisions}
+        time.sleep(5)
+    raise AirflowApiError(f"model_deployment did not settle after {timeout_s:.0f}s")
+
+
 def landing_ranges(settings: Settings, cfg: PipelineConfig) -> list[tuple[dt.date, dt.date]]:
     """Raw days the demo needs: the dataset versions' windows and the golden range."""
     first_window_start = settings.demo_first_version - dt.timedelta(days=cfg.dataset.window_days - 1)
@@ -119,15 +152,15 @@ def run(settings: Settings) -> int:
     lake = Lake.from_settings(settings)
 
     for start, end in landing_ranges(settings, cfg):
-        print(f"1/4 raw_landing backfill {start}..{end}…", flush=True)
+        print(f"1/5 raw_landing backfill {start}..{end}…", flush=True)
         backfill_and_wait(api, "raw_landing", start, end)
 
     golden = cfg.golden
     if lake.is_committed(datasets.golden_dir(golden.name, golden.default_version)):
-        print(f"2/4 golden set {golden.name}/{golden.default_version} exists (frozen): kept", flush=True)
+        print(f"2/5 golden set {golden.name}/{golden.default_version} exists (frozen): kept", flush=True)
     else:
         print(
-            f"2/4 golden_dataset {golden.default_version} ({golden.default_start}..{golden.default_end})…",
+            f"2/5 golden_dataset {golden.default_version} ({golden.default_start}..{golden.default_end})…",
             flush=True,
         )
         state = trigger_and_wait(api, "golden_dataset", conf={})
@@ -135,12 +168,15 @@ def run(settings: Settings) -> int:
             raise AirflowApiError("golden_dataset failed; open its run in the Airflow UI for the task logs")
 
     first, last = settings.demo_first_version, settings.demo_last_version
-    api.wait_for_dag("model_training")
-    api.set_paused("model_training", False)  # dataset versions trigger training via the asset
-    print(f"3/3 dataset_generation backfill {first}..{last}…", flush=True)
+    for dag_id in ("model_training", "model_deployment"):
+        api.wait_for_dag(dag_id)
+        api.set_paused(dag_id, False)  # datasets trigger training, candidates trigger deployment (assets)
+    print(f"3/5 dataset_generation backfill {first}..{last}…", flush=True)
     backfill_and_wait(api, "dataset_generation", first, last)
-    print(f"4/4 model_training (triggered by the training_dataset asset) for {last}…", flush=True)
+    print(f"4/5 model_training (triggered by the training_dataset asset) for {last}…", flush=True)
     challenger = wait_for_challenger(api, cfg.training.model_name, last.isoformat())
+    print("5/5 model_deployment (triggered by the model_candidate asset)…", flush=True)
+    deployed = wait_for_deployments(api, lake, cfg.training.model_name)
 
     lines = ["", "Demo finished.", "  dataset versions:"]
     for day in iter_days(first, last):
@@ -155,10 +191,13 @@ def run(settings: Settings) -> int:
         f"  challenger      : {challenger['model']} v{challenger['version']} (dataset {challenger['dataset_version']}, "
         f"validation ROC AUC {challenger['val_roc_auc']:.3f}) {challenger['url']}",
         f"  golden set      : {info.name}/{info.version} {info.start}..{info.end} {info.content_hash[:19]}…",
+        f"  champion        : {cfg.training.model_name} v{deployed['champion']} (served by {settings.serving_url})",
+        *[f"    {line}" for line in deployed["decisions"]],
         f"  lake            : {lake.uri()}",
         f"  UI up after     : {ui_up:.0f}s; whole demo: {time.monotonic() - started:.0f}s",
         f"  Airflow UI      : {settings.airflow_url}   login {settings.admin_user} / {secrets['admin_password']}",
         f"  MLflow UI       : {settings.mlflow_url}",
+        f"  Model server    : {settings.serving_url} (POST /predict, GET /health, GET /metrics)",
         "  The stack keeps running; stop it with: make down",
     ]
     print("\n".join(lines))

@@ -82,11 +82,29 @@ class TrainingConfig(_Strict):
         return self
 
 
+class DeploymentConfig(_Strict):
+    primary_metric: str = Field(pattern=r"^(roc_auc|pr_auc|log_loss|brier)$")
+    min_uplift: float
+    bootstrap_resamples: int = Field(ge=100)
+    bootstrap_seed: int
+    slices: tuple[str, ...]
+    slice_min_rows: int = Field(ge=1)
+    slice_tolerance: float = Field(ge=0)
+    max_p99_latency_ms: float = Field(gt=0)
+    max_model_bytes: int = Field(gt=0)
+    engineering_repeats: int = Field(ge=10)
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.primary_metric in ("roc_auc", "pr_auc")
+
+
 class PipelineConfig(_Strict):
     dataset: DatasetConfig
     quality: QualityConfig
     golden: GoldenConfig
     training: TrainingConfig
+    deployment: DeploymentConfig
 
     def fingerprint(self) -> str:
         """A short hash of every pipeline setting (tagged on models: which settings made them)."""

@@ -190,7 +190,8 @@ def services(settings: Settings, paths: StackPaths) -> list[Service]:
             ],
             port=settings.mlflow_port,
             health_url=f"{settings.mlflow_url}/health",
-            env={"PATH": af_env["PATH"]},
+            # The job runner (GenAI evaluation jobs) starts ~7 huey worker processes: not needed here.
+            env={"PATH": af_env["PATH"], "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         ),
         Service(
             "airflow-api-server",
@@ -357,6 +358,18 @@ def migrate_airflow_db(env: dict[str, str], paths: StackPaths) -> None:
         )
     if result.returncode != 0:
         raise StackError(f"airflow db migrate failed; its log is {log_path}:\n{_tail(log_path)}")
+    ensure_pools(env, log_path)
+
+
+def ensure_pools(env: dict[str, str], log_path: Path) -> None:
+    """Pool ``champion_alias`` (one slot): alias moves of deployment and rollback never interleave."""
+    with open(log_path, "ab") as log:
+        result = subprocess.run(
+            [str(venv_bin() / "airflow"), "pools", "set", "champion_alias", "1", "one champion alias move at a time"],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}, cwd=str(PROJECT_ROOT), check=False,
+        )  # fmt: skip
+    if result.returncode != 0:
+        raise StackError(f"creating pool champion_alias failed; see {log_path}")
 
 
 def up(settings: Settings) -> list[tuple[Service, Running]]:

@@ -26,6 +26,8 @@ EXPECTED_TASKS = {
         "publish",
     },
     "model_training": {"check_dataset", "train_model", "register_challenger"},
+    "model_deployment": {"evaluate", "decide", "promote", "reject"},
+    "model_rollback": {"validate_target", "roll_back"},
 }
 
 pytestmark = pytest.mark.metadata

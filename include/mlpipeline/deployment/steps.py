@@ -1,0 +1,361 @@
+"""The ``model_deployment`` and ``model_rollback`` steps: evaluate, decide, report, roll back."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mlpipeline.data import datasets
+from mlpipeline.deployment import registry
+from mlpipeline.lake import Lake
+from mlpipeline.pipeline_config import PipelineConfig, get_pipeline_config
+from mlpipeline.training import tracking
+
+ENGINEERING_ROWS = 200
+
+
+class DeploymentInputError(ValueError):
+    """A candidate, golden set or rollback target that cannot be used (named reason)."""
+
+
+def golden_request_rows(frame, spec, limit: int) -> list[dict[str, Any]]:
+    """Golden rows as the JSON request bodies the server receives."""
+    import pandas as pd
+
+    rows = []
+    for record in frame.head(limit).to_dict(orient="records"):
+        row = {}
+        for feature in spec.features:
+            value = record.get(feature)
+            if spec.is_categorical(feature):
+                row[feature] = None if pd.isna(value) else str(value)
+            else:
+                row[feature] = None if pd.isna(value) else float(value)
+        rows.append({k: v for k, v in row.items() if v is not None or not spec.is_categorical(k)})
+    return [r for r in rows if len(r) == len(spec.features)]
+
+
+def evaluate_candidate(
+    candidate: dict[str, Any], cfg: PipelineConfig | None = None, lake: Lake | None = None
+) -> dict[str, Any]:
+    """Challenger vs champion on the golden set; decision with every rule; report written."""
+    import mlflow
+
+    from mlpipeline.evaluation.compare import decide, evaluate
+    from mlpipeline.serving.engineering import measure
+    from mlpipeline.serving.model import ModelLoadError, download_model_version, load_model_dir
+
+    cfg = cfg or get_pipeline_config()
+    lake = lake or Lake.from_settings()
+    tracking.connect()
+    client = mlflow.MlflowClient()
+    model, version = candidate["model"], str(candidate["version"])
+    challenger_mv = client.get_model_version(model, version)
+    champion = registry.current_champion(client, model)
+    golden_info = datasets.current_golden(lake, cfg.golden.name)
+    if golden_info is None:
+        raise DeploymentInputError(
+            f"no golden set {cfg.golden.name} exists: build one with the golden_dataset DAG"
+        )
+    try:
+        golden_manifest, golden = datasets.load_golden(
+            lake, cfg.golden.name, golden_info.version, verify=True
+        )
+    except datasets.DatasetError as err:
+        raise DeploymentInputError(str(err)) from None
+
+    with tempfile.TemporaryDirectory(prefix="mlp-eval-") as tmp:
+        try:
+            challenger_dir = download_model_version(model, version, Path(tmp) / "challenger")
+            challenger = load_model_dir(challenger_dir, model, version)
+        except ModelLoadError as err:
+            raise DeploymentInputError(
+                f"challenger {model} v{version} artifacts do not load: {err}"
+            ) from None
+        challenger_scores = challenger.score_frame(golden)
+        engineering = measure(
+            challenger_dir,
+            golden_request_rows(golden, challenger.spec, ENGINEERING_ROWS),
+            repeats=cfg.deployment.engineering_repeats,
+        ).as_dict()
+        champion_scores, champion_mv = None, None
+        if champion is not None and champion != version:
+            champion_mv = client.get_model_version(model, champion)
+            champion_model = load_model_dir(
+                download_model_version(model, champion, Path(tmp) / "champion"), model, champion
+            )
+            champion_scores = champion_model.score_frame(golden)
+
+    evaluation = evaluate(
+        golden,
+        challenger_scores,
+        champion_scores,
+        engineering,
+        cfg.deployment,
+        {
+            "name": golden_info.name,
+            "version": golden_info.version,
+            "rows": len(golden),
+            "content_hash": golden_manifest["content_hash"],
+        },
+    )
+    decision = decide(
+        evaluation,
+        cfg.deployment,
+        challenger_mv.tags.get(tracking.TAG_WINDOW_END),
+        champion_mv.tags.get(tracking.TAG_WINDOW_END) if champion_mv else None,
+        has_champion=champion_mv is not None,
+    )
+    if champion == version:
+        decision = {
+            "decision": "reject",
+            "rules": decision["rules"],
+            "reasons": [f"v{version} is already the champion"],
+        }
+    report = {
+        "model": model,
+        "challenger_version": version,
+        "champion_version": champion,
+        "challenger_data_window_end": challenger_mv.tags.get(tracking.TAG_WINDOW_END),
+        "champion_data_window_end": champion_mv.tags.get(tracking.TAG_WINDOW_END) if champion_mv else None,
+        **decision,
+        "evaluation": evaluation.as_dict(),
+    }
+    urls = write_report(report, challenger_mv.run_id, lake)
+    return {
+        "model": model,
+        "version": version,
+        "expected_champion": champion,
+        "decision": decision["decision"],
+        "reasons": decision["reasons"],
+        "primary_metric": cfg.deployment.primary_metric,
+        "challenger_metric": evaluation.challenger[cfg.deployment.primary_metric],
+        "champion_metric": evaluation.champion[cfg.deployment.primary_metric]
+        if evaluation.champion
+        else None,
+        "bootstrap": evaluation.bootstrap,
+        "engineering": {k: engineering[k] for k in ("single_row_p99_ms", "model_bytes")},
+        **urls,
+    }
+
+
+def _calibration_png(calibration: dict[str, list[dict]]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
+    for name, table in calibration.items():
+        rows = [r for r in table if r["count"]]
+        ax.plot([r["mean_score"] for r in rows], [r["observed_rate"] for r in rows], marker="o", label=name)
+    ax.set_xlabel("mean predicted probability")
+    ax.set_ylabel("observed delay rate")
+    ax.set_title("Calibration on the golden set")
+    ax.legend()
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def render_html(report: dict[str, Any]) -> str:
+    ev = report["evaluation"]
+    esc = html.escape
+    metrics = ["roc_auc", "pr_auc", "log_loss", "brier", "ece", "base_rate", "mean_score", "rows"]
+    champ = ev.get("champion") or {}
+    rows = "".join(
+        f"<tr><td>{m}</td><td>{ev['challenger'][m]:.4f}</td><td>{format(champ[m], '.4f') if m in champ else ''}</td></tr>"
+        for m in metrics
+    )
+    boot = ev.get("bootstrap")
+    boot_html = (
+        f"<p>{esc(boot['metric'])}: challenger − champion = {boot['difference']:+.4f}, 95% CI "
+        f"[{boot['ci_low']:+.4f}, {boot['ci_high']:+.4f}] ({boot['resamples']} paired resamples, seed {boot['seed']})</p>"
+        if boot
+        else "<p>No champion: bootstrap promotion.</p>"
+    )
+    rules = "".join(
+        f"<tr class='{'ok' if r['passed'] else 'bad'}'><td>{esc(r['rule'])}</td><td>{'pass' if r['passed'] else 'FAIL'}</td>"
+        f"<td>{esc(r['detail'])}</td></tr>"
+        for r in report["rules"]
+    )
+
+    def cell(entry: dict, key: str, fmt: str) -> str:
+        return format(entry[key], fmt) if key in entry else ""
+
+    slices = "".join(
+        f"<tr><td>{esc(s['slice'])}</td><td>{esc(s['value'])}</td><td>{s['rows']}</td><td>{s['challenger']:.4f}</td>"
+        f"<td>{cell(s, 'champion', '.4f')}</td><td>{cell(s, 'change', '+.4f')}</td></tr>"
+        for s in ev["slices"]
+    )
+    eng = ev["engineering"]
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Evaluation {esc(report["model"])} v{esc(report["challenger_version"])}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}
+.ok td:nth-child(2){{color:green}}.bad td:nth-child(2){{color:#c00;font-weight:bold}}</style></head><body>
+<h1>{esc(report["model"])}: challenger v{esc(report["challenger_version"])} vs champion {esc(str(report["champion_version"] or "—"))}</h1>
+<h2>Decision: {esc(report["decision"].upper())}</h2>
+<table><tr><th>rule</th><th>outcome</th><th>detail</th></tr>{rules}</table>
+<h2>Overall on golden set {esc(ev["golden"]["version"])} ({ev["golden"]["rows"]} rows)</h2>
+<table><tr><th>metric</th><th>challenger</th><th>champion</th></tr>{rows}</table>{boot_html}
+<h2>Slices ({esc(ev["primary_metric"])})</h2>
+<table><tr><th>slice</th><th>value</th><th>rows</th><th>challenger</th><th>champion</th><th>change</th></tr>{slices}</table>
+<h2>Calibration</h2><img alt="calibration" src="data:image/png;base64,{_calibration_png(ev["calibration"])}">
+<h2>Engineering (serving code path)</h2>
+<p>load {eng["load_seconds"]:.3f} s; batch of {eng["batch_rows"]} rows {eng["batch_seconds"] * 1000:.1f} ms;
+single-row p50 {eng["single_row_p50_ms"]:.3f} ms, p99 {eng["single_row_p99_ms"]:.3f} ms; model {eng["model_bytes"]:,} bytes</p>
+<p>Data window end: challenger {esc(str(report["challenger_data_window_end"]))}, champion {esc(str(report["champion_data_window_end"]))}</p>
+</body></html>"""
+
+
+def write_report(report: dict[str, Any], run_id: str, lake: Lake) -> dict[str, str]:
+    """Store the report (HTML + JSON) in the lake and on the challenger's MLflow run."""
+    import mlflow
+
+    base = f"reports/evaluation/{report['model']}/v{report['challenger_version']}"
+    page = render_html(report)
+    lake.write_bytes(f"{base}/report.html", page.encode())
+    lake.write_bytes(f"{base}/report.json", json.dumps(report, indent=2, default=str).encode())
+    client = mlflow.MlflowClient()
+    with tempfile.TemporaryDirectory(prefix="mlp-report-") as tmp:
+        (Path(tmp) / "evaluation_report.html").write_text(page)
+        (Path(tmp) / "evaluation_report.json").write_text(json.dumps(report, indent=2, default=str))
+        client.log_artifacts(run_id, tmp, artifact_path="deployment")
+    run = client.get_run(run_id)
+    return {
+        "report_path": lake.uri(f"{base}/report.html"),
+        "report_url": f"{tracking.run_url(run_id, run.info.experiment_id)}/artifacts/deployment/evaluation_report.html",
+    }
+
+
+def reject(evaluated: dict[str, Any], actor: str, lake: Lake | None = None) -> dict[str, Any]:
+    """Record a rejection on the version (tags) and in the audit trail; the champion is untouched."""
+    lake = lake or Lake.from_settings()
+    tracking.connect()
+    registry.tag_decision(evaluated["model"], evaluated["version"], "reject", evaluated["reasons"])
+    registry.append_history(
+        lake,
+        evaluated["model"],
+        {
+            "time": registry._now(),
+            "model": evaluated["model"],
+            "action": "reject",
+            "from_version": evaluated["expected_champion"],
+            "to_version": evaluated["version"],
+            "reasons": evaluated["reasons"],
+            "actor": actor,
+            "metrics": {
+                "challenger": evaluated["challenger_metric"],
+                "champion": evaluated["champion_metric"],
+            },
+        },
+    )
+    return {
+        "model": evaluated["model"],
+        "version": evaluated["version"],
+        "decision": "reject",
+        "reasons": evaluated["reasons"],
+    }
+
+
+def promote(evaluated: dict[str, Any], actor: str, reload: bool = True) -> dict[str, Any]:
+    tracking.connect()
+    moved = registry.move_champion(
+        evaluated["model"],
+        evaluated["version"],
+        evaluated["expected_champion"],
+        action="promote",
+        reasons=evaluated["reasons"] or ["all rules passed"],
+        actor=actor,
+        metrics={"challenger": evaluated["challenger_metric"], "champion": evaluated["champion_metric"]},
+        reload=reload,
+    )
+    registry.tag_decision(evaluated["model"], evaluated["version"], "promote", evaluated["reasons"])
+    return moved
+
+
+# --------------------------------------------------------------------------------------
+# Rollback
+# --------------------------------------------------------------------------------------
+def rollback_target(model: str, target: str | None, lake: Lake | None = None) -> dict[str, Any]:
+    """Validate a rollback target (default: the champion before the current one)."""
+    import mlflow
+
+    lake = lake or Lake.from_settings()
+    tracking.connect()
+    client = mlflow.MlflowClient()
+    current = registry.current_champion(client, model)
+    history = registry.read_history(lake, model)
+    moves = [r for r in history if r["action"] in ("promote", "rollback")]
+    if not target:
+        into_current = [r for r in moves if r["to_version"] == current and r.get("from_version")]
+        if not into_current:
+            raise DeploymentInputError(f"no earlier champion of {model} in the audit trail to roll back to")
+        target = str(into_current[-1]["from_version"])
+    target = str(target)
+    try:
+        mv = client.get_model_version(model, target)
+    except mlflow.exceptions.MlflowException:
+        raise DeploymentInputError(f"rollback target {model} v{target} does not exist") from None
+    was_champion = any(str(r["to_version"]) == target for r in moves)
+    if not was_champion and mv.tags.get(registry.TAG_DECISION) != "promote":
+        decision = mv.tags.get(registry.TAG_DECISION) or "never evaluated"
+        raise DeploymentInputError(
+            f"rollback target {model} v{target} was never champion and did not pass evaluation ({decision}: "
+            f"{mv.tags.get(registry.TAG_REASONS, '')})"
+        )
+    _check_loads_and_scores(model, target, lake)
+    return {"model": model, "target": target, "current": current, "noop": current == target}
+
+
+def _check_loads_and_scores(model: str, version: str, lake: Lake) -> None:
+    from mlpipeline.serving.model import ModelLoadError, load_model_version
+
+    cfg = get_pipeline_config()
+    try:
+        loaded = load_model_version(model, version)
+    except ModelLoadError as err:
+        raise DeploymentInputError(f"rollback target {model} v{version} does not load: {err}") from None
+    golden = datasets.current_golden(lake, cfg.golden.name)
+    if golden is not None:
+        _, frame = datasets.load_golden(lake, cfg.golden.name, golden.version)
+        import numpy as np
+
+        scores = loaded.score_frame(frame.head(500))
+        if not np.all(np.isfinite(scores)):
+            raise DeploymentInputError(f"rollback target {model} v{version} returns non-finite scores")
+
+
+def rollback(
+    target: dict[str, Any], reason: str, actor: str, dry_run: bool = False, reload: bool = True
+) -> dict[str, Any]:
+    if not reason or not reason.strip():
+        raise DeploymentInputError("a rollback needs a reason (who asked, what went wrong)")
+    if target["noop"]:
+        return {**target, "result": f"v{target['target']} is already the champion: nothing to do"}
+    if dry_run:
+        return {
+            **target,
+            "result": f"dry run: would move champion v{target['current']} -> v{target['target']}",
+        }
+    moved = registry.move_champion(
+        target["model"],
+        target["target"],
+        target["current"],
+        action="rollback",
+        reasons=[reason],
+        actor=actor,
+        reload=reload,
+    )
+    return {**target, **moved, "result": f"champion rolled back v{target['current']} -> v{target['target']}"}
+
+
+def settings_actor(dag_id: str, run_id: str) -> str:
+    return f"airflow:{dag_id}/{run_id}"
