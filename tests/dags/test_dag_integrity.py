@@ -28,6 +28,7 @@ EXPECTED_TASKS = {
     "model_training": {"check_dataset", "train_model", "register_challenger"},
     "model_deployment": {"evaluate", "decide", "promote", "reject"},
     "model_rollback": {"validate_target", "roll_back"},
+    "traffic_replay": {"replay_traffic", "land_delayed_labels"},
 }
 
 pytestmark = pytest.mark.metadata
