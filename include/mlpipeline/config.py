@@ -56,7 +56,10 @@ class Settings(BaseModel):
         default=PROJECT_ROOT / "include" / "config" / "pipeline.yaml",
         description="Pipeline settings file (datasets, quality thresholds, golden set).",
     )
-    mlflow_tracking_uri: str = Field(default="http://127.0.0.1:5000", description="MLflow tracking server.")
+    mlflow_tracking_uri: str = Field(
+        default="",
+        description="MLflow tracking server; empty = the embedded one, http://<host>:<mlflow_port>.",
+    )
 
     # --- the data the demo replays -------------------------------------------------------
     data_start: dt.date = Field(
