@@ -52,6 +52,7 @@ COPY plugins/ /opt/pipeline/plugins/
 COPY include/ /opt/pipeline/include/
 
 ENV PATH="${SPARK_HOME}/bin:${PATH}" \
+    OMP_WAIT_POLICY=PASSIVE \
     PYSPARK_PYTHON=python3 \
     PYTHONPATH=/opt/pipeline/include \
     AIRFLOW_HOME=/opt/airflow \

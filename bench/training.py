@@ -95,6 +95,13 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - started, result
 
 
+def timed_cpu(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    """Wall seconds, CPU seconds of the whole process (every thread) and the result."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
 def log(message: str) -> None:
     print(message, flush=True)
 
@@ -225,22 +232,23 @@ def build_version(lake, settings, cfg, start: dt.date, end: dt.date) -> dict[str
 # ------------------------------------------------------------------------------------------
 # 1. Final fit: project against bare XGBoost
 # ------------------------------------------------------------------------------------------
-def bare_fit(data, tcfg, params: dict[str, Any]):
+def bare_fit(data, tcfg, params: dict[str, Any], nthread: int | None = None):
     """What one writes without the project: DMatrix from the same arrays, then ``xgb.train``."""
     import xgboost as xgb
 
     from mlpipeline.training import train
 
+    nthread = tcfg.nthread if nthread is None else nthread
     common = {
         "feature_names": list(data.spec.features),
         "feature_types": data.spec.feature_types,
         "enable_categorical": True,
-        "nthread": tcfg.nthread,
+        "nthread": nthread,
     }
     dtrain = xgb.DMatrix(data.x_train, label=data.y_train, **common)
     dvalid = xgb.DMatrix(data.x_valid, label=data.y_valid, **common)
     return xgb.train(
-        train.base_params(tcfg) | params,
+        train.base_params(tcfg) | params | {"nthread": nthread},
         dtrain,
         num_boost_round=tcfg.num_boost_round,
         evals=[(dvalid, "validation")],
@@ -266,40 +274,53 @@ def warm_up(data, tcfg) -> None:
     xgb.train(train.base_params(tcfg) | FIT_PARAMS, matrix, num_boost_round=3)
 
 
-def compare_fit(label: str, data, tcfg, repeats: int) -> dict[str, Any]:
+def compare_fit(label: str, data, tcfg, repeats: int, single_thread: bool) -> dict[str, Any]:
+    """Project against bare fits, alternating which goes first; optionally bare with 1 thread."""
     import numpy as np
 
     from mlpipeline.training import train
 
-    project_s: list[float] = []
-    bare_s: list[float] = []
-    project_booster = bare_booster = None
+    fits = {
+        "project": lambda: train.fit_final(data, tcfg, dict(FIT_PARAMS)),
+        "bare": lambda: bare_fit(data, tcfg, dict(FIT_PARAMS)),
+    }
+    if single_thread and tcfg.nthread != 1:
+        fits["bare_1thread"] = lambda: bare_fit(data, tcfg, dict(FIT_PARAMS), nthread=1)
+    wall: dict[str, list[float]] = {name: [] for name in fits}
+    cpu: dict[str, list[float]] = {name: [] for name in fits}
+    boosters: dict[str, Any] = {}
     for rep in range(repeats):
-        order = ("project", "bare") if rep % 2 == 0 else ("bare", "project")
-        for which in order:
-            if which == "project":
-                seconds, project_booster = timed(lambda: train.fit_final(data, tcfg, dict(FIT_PARAMS)))
-                project_s.append(seconds)
-            else:
-                seconds, bare_booster = timed(lambda: bare_fit(data, tcfg, dict(FIT_PARAMS)))
-                bare_s.append(seconds)
-        log(f"  [{label}] repeat {rep + 1}: project {project_s[-1]:.2f} s, bare {bare_s[-1]:.2f} s")
+        order = list(fits) if rep % 2 == 0 else list(reversed(fits))
+        for name in order:
+            seconds, cpu_seconds, boosters[name] = timed_cpu(fits[name])
+            wall[name].append(seconds)
+            cpu[name].append(cpu_seconds)
+        line = ", ".join(f"{n} {wall[n][-1]:.2f} s (cpu {cpu[n][-1]:.2f} s)" for n in fits)
+        log(f"  [{label}] repeat {rep + 1}: {line}  load {loadavg()}")
+    project_booster, bare_booster = boosters["project"], boosters["bare"]
     best = bare_booster.best_iteration
     slice_s, bare_kept = timed(lambda: bare_booster[: best + 1])
     same_model = project_booster.num_boosted_rounds() == best + 1 and bool(
         np.array_equal(train.predict(project_booster, data.x_valid), train.predict(bare_kept, data.x_valid))
     )
-    project_med, bare_med = statistics.median(project_s), statistics.median(bare_s)
-    return {
+    project_med, bare_med = statistics.median(wall["project"]), statistics.median(wall["bare"])
+    result = {
         "project_s": project_med,
         "bare_s": bare_med,
         "ratio": project_med / bare_med,
-        "project_runs_s": project_s,
-        "bare_runs_s": bare_s,
+        "ratio_of_min": min(wall["project"]) / min(wall["bare"]),
+        "project_cpu_s": statistics.median(cpu["project"]),
+        "bare_cpu_s": statistics.median(cpu["bare"]),
+        "runs_s": wall,
+        "runs_cpu_s": cpu,
         "best_iteration": best,
         "slice_s": slice_s,
         "same_model": same_model,
     }
+    if "bare_1thread" in wall:
+        result["bare_1thread_s"] = statistics.median(wall["bare_1thread"])
+        result["bare_1thread_cpu_s"] = statistics.median(cpu["bare_1thread"])
+    return result
 
 
 # ------------------------------------------------------------------------------------------
@@ -316,13 +337,13 @@ def child_runs(experiment_id: str, parent_run_id: str) -> list:
     )
 
 
-def run_search(label: str, data, tcfg, n_trials: int, experiment_id: str) -> dict[str, Any]:
+def run_search(label: str, data, tcfg, n_trials: int, timeout_s: float, experiment_id: str) -> dict[str, Any]:
     import mlflow
 
     from mlpipeline.training import train
 
     with mlflow.start_run(run_name=f"bench search {label}") as parent:
-        seconds, best = timed(lambda: train.search(data, tcfg, n_trials=n_trials, timeout_s=SEARCH_TIMEOUT_S))
+        seconds, best = timed(lambda: train.search(data, tcfg, n_trials=n_trials, timeout_s=timeout_s))
     runs = child_runs(experiment_id, parent.info.run_id)
     fit_s = sum(r.data.metrics.get("fit_seconds", 0.0) for r in runs)
     statuses: dict[str, int] = {}
@@ -331,6 +352,8 @@ def run_search(label: str, data, tcfg, n_trials: int, experiment_id: str) -> dic
         statuses[key] = statuses.get(key, 0) + 1
     return {
         "seconds": seconds,
+        "requested_trials": n_trials,
+        "timeout_s": timeout_s,
         "n_trials": best["n_trials"],
         "n_complete": best["n_complete"],
         "n_pruned": best["n_pruned"],
@@ -420,12 +443,35 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--year-trials", type=int, default=5, help="search trials on the year window (0: skip)"
     )
+    parser.add_argument(
+        "--year-timeout",
+        type=float,
+        default=180.0,
+        help="search timeout on the year window, s (Optuna stops starting trials after it)",
+    )
+    parser.add_argument(
+        "--no-single-thread",
+        action="store_true",
+        help="skip the bare fit with nthread=1 on the 28-day window (an oversubscription check)",
+    )
+    parser.add_argument(
+        "--omp-wait-policy",
+        choices=["ACTIVE", "PASSIVE"],
+        help="set OMP_WAIT_POLICY for this process (default: leave the environment as it is)",
+    )
     parser.add_argument("--pipeline-config", type=Path, default=PIPELINE_CONFIG)
     return parser.parse_args()
 
 
 def bench(base: Path, args: argparse.Namespace) -> dict[str, Any]:
-    figures: dict[str, Any] = {"cpus": os.cpu_count(), "loadavg_start": loadavg()}
+    if args.omp_wait_policy:
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy  # before xgboost loads libgomp
+    figures: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "loadavg_start": loadavg(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
+    }
     port = free_port()
     uri = configure_environment(base, port, args.pipeline_config.resolve())
 
@@ -475,24 +521,23 @@ def bench(base: Path, args: argparse.Namespace) -> dict[str, Any]:
             figures[f"load_dataset_s_{label}"] = load_s
             figures[f"prepare_data_s_{label}"] = statistics.median(encode_runs)
         warm_up(loaded["28d"], tcfg)
+        figures["xgboost_nthread"] = tcfg.nthread
         for label, _, _ in WINDOWS:
-            result = compare_fit(label, loaded[label], tcfg, args.repeats)
-            for key in ("project_s", "bare_s", "slice_s", "best_iteration", "same_model"):
-                figures[f"fit_{key}_{label}"] = result[key]
-            figures[f"fit_runs_{label}"] = {
-                "project": result["project_runs_s"],
-                "bare": result["bare_runs_s"],
-            }
-            figures[f"fit_ratio_{label}"] = result["ratio"]
+            single = label == "28d" and not args.no_single_thread
+            result = compare_fit(label, loaded[label], tcfg, args.repeats, single)
+            for key, value in result.items():
+                figures[f"fit_{key}_{label}"] = value
 
         # ---- 2. search rate -----------------------------------------------------------
         experiment = mlflow.set_experiment("bench_training_search")
         figures["mlflow_calls_per_trial_s"] = mlflow_calls_per_trial(experiment.experiment_id)
-        search_cases = [("28d", SEARCH_TRIALS)] + ([("year", args.year_trials)] if args.year_trials else [])
-        for label, n_trials in search_cases:
-            log(f"  search {label}: {n_trials} trials …")
+        search_cases = [("28d", SEARCH_TRIALS, SEARCH_TIMEOUT_S)]
+        if args.year_trials:
+            search_cases.append(("year", args.year_trials, args.year_timeout))
+        for label, n_trials, timeout_s in search_cases:
+            log(f"  search {label}: {n_trials} trials, timeout {timeout_s:.0f} s …")
             figures[f"search_{label}"] = run_search(
-                label, loaded[label], tcfg, n_trials, experiment.experiment_id
+                label, loaded[label], tcfg, n_trials, timeout_s, experiment.experiment_id
             )
 
         # ---- 3. the two tasks ---------------------------------------------------------
@@ -513,22 +558,31 @@ def report(f: dict[str, Any]) -> dict[str, Any]:
         ("features", f["features_28d"], f["features_year"]),
         ("load_dataset (verify) s", *(f"{f[f'load_dataset_s_{w}']:.2f}" for w in ("28d", "year"))),
         ("prepare_data (encode) s", *(f"{f[f'prepare_data_s_{w}']:.3f}" for w in ("28d", "year"))),
-        ("fit_final (project) s", *(f"{f[f'fit_project_s_{w}']:.2f}" for w in ("28d", "year"))),
-        ("bare DMatrix+xgb.train s", *(f"{f[f'fit_bare_s_{w}']:.2f}" for w in ("28d", "year"))),
-        ("overhead ratio (≤ 1.3)", *(f"{f[f'fit_ratio_{w}']:.3f}" for w in ("28d", "year"))),
+        ("fit_final (project) s, median", *(f"{f[f'fit_project_s_{w}']:.2f}" for w in ("28d", "year"))),
+        ("bare DMatrix+xgb.train s, median", *(f"{f[f'fit_bare_s_{w}']:.2f}" for w in ("28d", "year"))),
+        ("overhead ratio, medians (≤ 1.3)", *(f"{f[f'fit_ratio_{w}']:.3f}" for w in ("28d", "year"))),
+        ("overhead ratio, fastest runs", *(f"{f[f'fit_ratio_of_min_{w}']:.3f}" for w in ("28d", "year"))),
+        ("cpu s project / bare, median", *(f"{f[f'fit_project_cpu_s_{w}']:.2f} / {f[f'fit_bare_cpu_s_{w}']:.2f}" for w in ("28d", "year"))),
+        ("bare, nthread=1: wall / cpu s", f"{f['fit_bare_1thread_s_28d']:.2f} / {f['fit_bare_1thread_cpu_s_28d']:.2f}" if "fit_bare_1thread_s_28d" in f else "-", "-"),
         ("best iteration", f["fit_best_iteration_28d"], f["fit_best_iteration_year"]),
         ("slice to best rounds s", *(f"{f[f'fit_slice_s_{w}']:.4f}" for w in ("28d", "year"))),
         ("same model as bare", f["fit_same_model_28d"], f["fit_same_model_year"]),
+        ("search budget (trials, timeout s)", f"{s28['requested_trials']}, {s28['timeout_s']:.0f}",
+         f"{syear['requested_trials']}, {syear['timeout_s']:.0f}" if syear else "-"),
         ("search trials (done/pruned)", f"{s28['n_trials']} ({s28['n_complete']}/{s28['n_pruned']})",
          f"{syear['n_trials']} ({syear['n_complete']}/{syear['n_pruned']})" if syear else "-"),
         ("search wall s", f"{s28['seconds']:.1f}", f"{syear['seconds']:.1f}" if syear else "-"),
         ("trials / min", f"{s28['trials_per_min']:.1f}", f"{syear['trials_per_min']:.2f}" if syear else "-"),
     ]  # fmt: skip
     print()
-    print(f"{'':34} {'28-day window':>16} {'year (364 d)':>16}")
+    print(f"{'':36} {'28-day window':>16} {'year (364 d)':>16}")
     for name, a, b in rows:
-        print(f"{name:34} {a!s:>16} {b!s:>16}")
+        print(f"{name:36} {a!s:>16} {b!s:>16}")
     print()
+    print(f"xgboost nthread (pipeline.yaml)            {f['xgboost_nthread']}")
+    print(
+        f"OMP_WAIT_POLICY / OMP_NUM_THREADS          {f['omp_wait_policy'] or '-'} / {f['omp_num_threads'] or '-'}"
+    )
     print(f"MLflow calls of one trial (empty run)      {f['mlflow_calls_per_trial_s'] * 1000:.0f} ms")
     print(f"trial run states (trial_state->MLflow)     28d {s28['trial_states']}")
     print(f"model_training tasks, 28-day window, {SEARCH_TRIALS} trials (target ≤ {TARGET_TASK_S:.0f} s):")

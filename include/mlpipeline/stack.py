@@ -137,6 +137,9 @@ def airflow_environment(
         "MLP_MLFLOW_TRACKING_URI": settings.resolved_mlflow_uri,
         "MLFLOW_TRACKING_URI": settings.resolved_mlflow_uri,
         "NO_PROXY": "127.0.0.1,localhost",
+        # XGBoost's OpenMP threads spin while idle by default; on a shared 2-core machine that
+        # made fits 10-40x slower whenever another process wanted a core (bench/training.py).
+        "OMP_WAIT_POLICY": "PASSIVE",
     }
     for key in ("AIRFLOW_CONN_SPARK_DEFAULT", "AIRFLOW_CONN_MLFLOW_DEFAULT", "AIRFLOW_CONN_AWS_DEFAULT"):
         if key in os.environ:

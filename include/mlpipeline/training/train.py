@@ -146,9 +146,10 @@ def search(data: TrainingData, cfg: TrainingConfig, n_trials: int, timeout_s: fl
 
     def objective(trial: optuna.Trial) -> float:
         params = base_params(cfg) | suggest(trial, cfg.search_space)
+        pruned: optuna.TrialPruned | None = None
         with mlflow.start_run(nested=True, run_name=f"trial-{trial.number:03d}"):
             mlflow.set_tags({TAG_ROLE: "trial", "trial_number": str(trial.number)})
-            mlflow.log_params(suggest(trial, cfg.search_space))
+            mlflow.log_params(trial.params)
             evals_log: dict = {}
             started = time.perf_counter()
             try:
@@ -162,21 +163,26 @@ def search(data: TrainingData, cfg: TrainingConfig, n_trials: int, timeout_s: fl
                     evals_result=evals_log,
                     verbose_eval=False,
                 )
-            except optuna.TrialPruned:
+            except optuna.TrialPruned as err:
+                # A pruned trial is a normal outcome: its run ends FINISHED, tagged PRUNED.
                 mlflow.set_tag("trial_state", "PRUNED")
-                raise
-            best = booster.best_iteration
-            metrics = {
-                "val_logloss": evals_log["validation"]["logloss"][best],
-                "val_auc": evals_log["validation"]["auc"][best],
-                "best_iteration": best,
-                "fit_seconds": time.perf_counter() - started,
-            }
-            mlflow.log_metrics(metrics)
-            mlflow.set_tag("trial_state", "COMPLETE")
-            trial.set_user_attr("best_iteration", best)
-            trial.set_user_attr("val_auc", metrics["val_auc"])
-            return metrics["val_logloss"]
+                mlflow.log_metric("pruned_at_round", len(evals_log.get("validation", {}).get("logloss", [])))
+                pruned = err
+            else:
+                best = booster.best_iteration
+                metrics = {
+                    "val_logloss": evals_log["validation"]["logloss"][best],
+                    "val_auc": evals_log["validation"]["auc"][best],
+                    "best_iteration": best,
+                    "fit_seconds": time.perf_counter() - started,
+                }
+                mlflow.log_metrics(metrics)
+                mlflow.set_tag("trial_state", "COMPLETE")
+                trial.set_user_attr("best_iteration", best)
+                trial.set_user_attr("val_auc", metrics["val_auc"])
+        if pruned is not None:
+            raise pruned
+        return metrics["val_logloss"]
 
     study.optimize(objective, n_trials=n_trials, timeout=timeout_s, gc_after_trial=False)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
