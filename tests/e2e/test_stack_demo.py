@@ -48,6 +48,7 @@ def test_demo_twice_then_down(tmp_path: Path):
             "MLP_STATE_DIR": str(state),
             "MLP_AIRFLOW_PORT": str(_free_port()),
             "MLP_MLFLOW_PORT": str(_free_port()),
+            "MLP_SERVING_PORT": str(_free_port()),
             # A 3-day window and golden range keep the Spark jobs short; 5 versions as in the issue.
             "MLP_PIPELINE_CONFIG": str(write_test_config(tmp_path / "pipeline.yaml")),
             "MLP_DEMO_FIRST_VERSION": "2013-01-03",
