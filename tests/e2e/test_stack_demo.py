@@ -58,7 +58,7 @@ def test_demo_twice_then_down(tmp_path: Path):
     )
     try:
         first = _cli(env, "demo")
-        assert first.returncode == 0, f"{first.stdout}\n{first.stderr}"
+        assert first.returncode == 0, f"{first.stdout}\n{first.stderr}\n{_failed_task_logs(state)}"
         assert "Demo finished." in first.stdout
         assert "login admin / demo-test-pass" in first.stdout
         lake = Lake.from_uri(f"file://{state / 'lake'}")
@@ -87,6 +87,16 @@ def test_demo_twice_then_down(tmp_path: Path):
     survivors = [pid for pid in pids if _group_alive(pid)]
     assert survivors == [], f"process groups still alive after down: {survivors}"
     assert _cli(env, "status").returncode == 3  # everything stopped
+
+
+def _failed_task_logs(state: Path) -> str:
+    """The end of the newest task logs, to see why a run failed."""
+    logs = sorted((state / "airflow" / "logs").glob("dag_id=*/**/*.log"), key=lambda p: p.stat().st_mtime)[
+        -3:
+    ]
+    return "\n".join(
+        f"==> {p} <==\n" + "\n".join(p.read_text(errors="replace").splitlines()[-40:]) for p in logs
+    )
 
 
 def _group_alive(pgid: int) -> bool:
