@@ -110,22 +110,6 @@ class FeatureSpec:
                 out[:, j] = pd.to_numeric(column, errors="raise").astype("float64").to_numpy(na_value=np.nan)
         return out
 
-    def decode_frame(self, matrix: np.ndarray) -> pd.DataFrame:
-        """The inverse of :meth:`encode_frame` (codes back to category strings)."""
-        import pandas as pd
-
-        columns = {}
-        for j, feature in enumerate(self.features):
-            values = matrix[:, j]
-            if feature in self.categories:
-                vocab = self.categories[feature]
-                columns[feature] = pd.array(
-                    [None if math.isnan(v) else vocab[int(v)] for v in values], dtype="string"
-                )
-            else:
-                columns[feature] = values.astype("float64")
-        return pd.DataFrame(columns)
-
     def encode_row(self, row: dict[str, Any]) -> list[float]:
         """One request row to a list of floats, strictly validated (serving path, no pandas).
 

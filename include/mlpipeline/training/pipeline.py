@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlpipeline.config import get_settings
 from mlpipeline.data import datasets
 from mlpipeline.lake import Lake
 from mlpipeline.pipeline_config import PipelineConfig, get_pipeline_config
@@ -320,8 +319,3 @@ def _wait_ready(client, model_name: str, version: str, timeout_s: float = 120):
         if current.status == "FAILED_REGISTRATION" or time.monotonic() > deadline:
             raise RuntimeError(f"model {model_name} version {version} registration ended {current.status}")
         time.sleep(1)
-
-
-def settings_summary() -> dict[str, str]:
-    settings = get_settings()
-    return {"tracking_uri": tracking.tracking_uri(), "lake": settings.resolved_lake_uri}

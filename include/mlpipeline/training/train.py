@@ -7,7 +7,6 @@ the same arrays the model server builds.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import tempfile
@@ -302,10 +301,6 @@ def log_model(booster: xgb.Booster, data: TrainingData, workdir: Path):
         extra_files=[str(spec_path)],
         pip_requirements=requirements,
     )
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat()
 
 
 def write_json(path: Path, obj: Any) -> Path:
