@@ -24,11 +24,17 @@ class DeploymentInputError(ValueError):
 
 
 def golden_request_rows(frame, spec, limit: int) -> list[dict[str, Any]]:
-    """Golden rows as the JSON request bodies the server receives."""
+    """Golden rows as the JSON request bodies the server accepts (at most ``limit``).
+
+    Rows the server would refuse (a category the model never saw, a missing required value)
+    are left out: the check times valid requests through the server's own validation.
+    """
     import pandas as pd
 
+    from mlpipeline.features import FeatureError
+
     rows = []
-    for record in frame.head(limit).to_dict(orient="records"):
+    for record in frame.to_dict(orient="records"):
         row = {}
         for feature in spec.features:
             value = record.get(feature)
@@ -36,8 +42,14 @@ def golden_request_rows(frame, spec, limit: int) -> list[dict[str, Any]]:
                 row[feature] = None if pd.isna(value) else str(value)
             else:
                 row[feature] = None if pd.isna(value) else float(value)
-        rows.append({k: v for k, v in row.items() if v is not None or not spec.is_categorical(k)})
-    return [r for r in rows if len(r) == len(spec.features)]
+        try:
+            spec.encode_row(row)
+        except FeatureError:
+            continue
+        rows.append(row)
+        if len(rows) >= limit:
+            break
+    return rows
 
 
 def evaluate_candidate(
