@@ -34,7 +34,7 @@ from mlpipeline_airflow.sensors import LakePartitionsSensor
 
 from mlpipeline.assets import TRAINING_DATASET
 from mlpipeline.config import get_settings
-from mlpipeline.dag_defaults import DEFAULT_ARGS, data_end, data_start, fail_without_retry
+from mlpipeline.dag_defaults import DEFAULT_ARGS, data_end, data_start, fail_without_retry, run_deadline
 from mlpipeline.data.datasets import JOB_SCRIPT
 from mlpipeline.pipeline_config import get_pipeline_config
 
@@ -65,6 +65,7 @@ def _record_missing(context, reason: str) -> None:
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
+    deadline=run_deadline(hours=8),
     tags=["mlpipeline", "datasets", "spark"],
     doc_md=__doc__,
 )

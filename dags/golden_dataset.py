@@ -28,7 +28,7 @@ from mlpipeline_airflow.sensors import LakePartitionsSensor
 
 from mlpipeline.assets import GOLDEN_DATASET
 from mlpipeline.config import get_settings
-from mlpipeline.dag_defaults import DEFAULT_ARGS, fail_without_retry
+from mlpipeline.dag_defaults import DEFAULT_ARGS, fail_without_retry, run_deadline
 from mlpipeline.data.datasets import JOB_SCRIPT
 from mlpipeline.pipeline_config import get_pipeline_config
 
@@ -52,6 +52,7 @@ def _golden_partitions(context) -> list[str]:
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
+    deadline=run_deadline(hours=2),
     tags=["mlpipeline", "datasets", "golden", "spark"],
     doc_md=__doc__,
     params={

@@ -27,7 +27,7 @@ from mlpipeline_airflow.links import MLFLOW_RUN_URL_KEY, REPORT_URL_KEY, push_li
 
 from mlpipeline.assets import MODEL_CANDIDATE, MODEL_DEPLOYED
 from mlpipeline.config import get_settings
-from mlpipeline.dag_defaults import DEFAULT_ARGS, fail_without_retry
+from mlpipeline.dag_defaults import DEFAULT_ARGS, fail_without_retry, run_deadline
 
 
 @dag(
@@ -37,6 +37,7 @@ from mlpipeline.dag_defaults import DEFAULT_ARGS, fail_without_retry
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
+    deadline=run_deadline(hours=26),
     tags=["mlpipeline", "deployment", "mlflow"],
     doc_md=__doc__,
 )

@@ -22,7 +22,7 @@ import pendulum
 from airflow.sdk import Param, dag, task
 
 from mlpipeline.assets import MODEL_DEPLOYED
-from mlpipeline.dag_defaults import DEFAULT_ARGS, fail_without_retry
+from mlpipeline.dag_defaults import DEFAULT_ARGS, fail_without_retry, run_deadline
 from mlpipeline.pipeline_config import get_pipeline_config
 
 MODEL = get_pipeline_config().training.model_name
@@ -35,6 +35,7 @@ MODEL = get_pipeline_config().training.model_name
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
+    deadline=run_deadline(hours=1),
     tags=["mlpipeline", "deployment", "on-call"],
     doc_md=__doc__,
     params={

@@ -30,7 +30,7 @@ from airflow.sdk import dag, get_current_context, task
 from mlpipeline_airflow.links import MLFLOW_RUN_URL_KEY, push_link
 
 from mlpipeline.assets import MODEL_CANDIDATE, TRAINING_DATASET
-from mlpipeline.dag_defaults import DEFAULT_ARGS, fail_without_retry
+from mlpipeline.dag_defaults import DEFAULT_ARGS, fail_without_retry, run_deadline
 
 
 @dag(
@@ -40,6 +40,7 @@ from mlpipeline.dag_defaults import DEFAULT_ARGS, fail_without_retry
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
+    deadline=run_deadline(hours=2),
     tags=["mlpipeline", "training", "mlflow"],
     doc_md=__doc__,
 )

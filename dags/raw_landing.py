@@ -23,7 +23,7 @@ from __future__ import annotations
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
 from mlpipeline.assets import RAW_DATA
-from mlpipeline.dag_defaults import DEFAULT_ARGS, data_end, data_start
+from mlpipeline.dag_defaults import DEFAULT_ARGS, data_end, data_start, run_deadline
 
 
 @dag(
@@ -34,6 +34,7 @@ from mlpipeline.dag_defaults import DEFAULT_ARGS, data_end, data_start
     catchup=False,
     max_active_runs=4,
     default_args=DEFAULT_ARGS,
+    deadline=run_deadline(hours=1),
     tags=["mlpipeline", "raw", "upstream"],
     doc_md=__doc__,
 )

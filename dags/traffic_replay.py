@@ -44,7 +44,7 @@ import datetime as dt
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
-from mlpipeline.dag_defaults import DEFAULT_ARGS, data_end, data_start, fail_without_retry
+from mlpipeline.dag_defaults import DEFAULT_ARGS, data_end, data_start, fail_without_retry, run_deadline
 from mlpipeline.serving.replay import REPLAY_BATCH_SIZE, REPLAY_RATE_PER_S
 
 
@@ -56,6 +56,7 @@ from mlpipeline.serving.replay import REPLAY_BATCH_SIZE, REPLAY_RATE_PER_S
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
+    deadline=run_deadline(hours=1),
     tags=["mlpipeline", "serving", "traffic", "labels"],
     doc_md=__doc__,
     params={

@@ -92,6 +92,18 @@ class Settings(BaseModel):
         default=500, ge=1, description="Prediction log: flush to the lake after this many rows…"
     )
     serving_log_flush_s: float = Field(default=5.0, gt=0, description="…or after this many seconds.")
+    allow_force_promote: bool = Field(
+        default=False,
+        description="TEST/DEMO ONLY: let force_promote make a version champion without passing evaluation.",
+    )
+    alarm_slack_conn_id: str = Field(
+        default="slack_alarms",
+        description="Airflow connection (slackwebhook) that also gets every alarm, when it exists.",
+    )
+    alarm_smtp_conn_id: str = Field(
+        default="smtp_alarms", description="Airflow connection (smtp) that mails every alarm, when it exists."
+    )
+    alarm_email_to: str = Field(default="", description="Comma-separated recipients of alarm e-mails.")
     require_approval: bool = Field(
         default=False, description="Ask a human (Airflow approval form) before every promotion."
     )

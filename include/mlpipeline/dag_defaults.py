@@ -7,6 +7,7 @@ import datetime as dt
 from collections.abc import Iterator
 
 import pendulum
+from mlpipeline_airflow.notifiers import AlarmNotifier, run_deadline
 
 from mlpipeline.config import get_settings
 
@@ -15,7 +16,11 @@ DEFAULT_ARGS = {
     "retries": 2,
     "retry_delay": dt.timedelta(seconds=30),
     "retry_exponential_backoff": True,
+    # A task that failed for good raises an alarm (alarms/alarms.jsonl, log, Slack/e-mail).
+    "on_failure_callback": [AlarmNotifier()],
 }
+
+__all__ = ["DEFAULT_ARGS", "data_end", "data_start", "fail_without_retry", "run_deadline"]
 
 
 def data_start() -> pendulum.DateTime:

@@ -268,9 +268,23 @@ class Lake:
             if name.startswith(prefix) and self.is_committed(posixpath.join(table_dir, name))
         ]
 
-    def missing(self, directories: Iterable[str]) -> list[str]:
-        """The directories among ``directories`` that are not committed."""
-        return [d for d in directories if not self.is_committed(d)]
+    def missing(self, directories: Iterable[str], committed: bool = True) -> list[str]:
+        """The directories among ``directories`` that are not committed.
+
+        ``committed=False``: that hold no file yet (for directories written by appending
+        files, such as the prediction log, which has no ``_SUCCESS`` marker).
+        """
+        if committed:
+            return [d for d in directories if not self.is_committed(d)]
+        return [d for d in directories if not self.has_files(d)]
+
+    def has_files(self, directory: str) -> bool:
+        """``directory`` exists and holds at least one file (not only sub-directories)."""
+        try:
+            entries = self.fs.ls(self.path(directory), detail=True)
+        except FileNotFoundError:
+            return False
+        return any(e.get("type") == "file" for e in entries)
 
 
 def frame_to_parquet(df: pd.DataFrame) -> bytes:

@@ -99,12 +99,38 @@ class DeploymentConfig(_Strict):
         return self.primary_metric in ("roc_auc", "pr_auc")
 
 
+class MonitoringConfig(_Strict):
+    sensor_poke_interval_s: int = Field(ge=1)
+    sensor_timeout_s: int = Field(ge=1)
+    min_rows: int = Field(ge=1)
+    drift_window_days: int = Field(ge=1, le=60)
+    drift_max_rows: int = Field(ge=1000)
+    drift_ignore: tuple[str, ...] = ()
+    drift_threshold: float = Field(gt=0)
+    drift_threshold_overrides: dict[str, float] = Field(default_factory=dict)
+    drift_share_threshold: float = Field(gt=0, le=1)
+    labels_delay_days: int = Field(ge=0)
+    min_labelled_rows: int = Field(ge=1)
+    max_roc_auc_drop: float = Field(ge=0)
+    max_log_loss_increase: float = Field(ge=0)
+    max_calibration_error: float = Field(gt=0, le=1)
+    max_p99_latency_ms: float = Field(gt=0)
+    max_error_rate: float = Field(ge=0, le=1)
+    max_memory_mb: float = Field(gt=0)
+    rollback_window_days: float = Field(ge=0)
+    server_timeout_s: float = Field(gt=0)
+
+    def drift_threshold_for(self, column: str) -> float:
+        return self.drift_threshold_overrides.get(column, self.drift_threshold)
+
+
 class PipelineConfig(_Strict):
     dataset: DatasetConfig
     quality: QualityConfig
     golden: GoldenConfig
     training: TrainingConfig
     deployment: DeploymentConfig
+    monitoring: MonitoringConfig
 
     def fingerprint(self) -> str:
         """A short hash of every pipeline setting (tagged on models: which settings made them)."""

@@ -12,6 +12,9 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 class LakePartitionsSensor(BaseSensorOperator):
     """Wait until every lake directory in ``directories`` is committed (``_SUCCESS`` present).
 
+    With ``committed=False``, a directory only needs to hold a file (append-only directories
+    such as ``serving/predictions/dt=D/``).
+
     ``directories`` is a callable of the task context (so the window follows the run's data
     interval). A :class:`ValueError` from it (a window that can never exist) fails at once;
     on timeout the error lists every partition still missing, and ``on_timeout(context,
@@ -25,6 +28,7 @@ class LakePartitionsSensor(BaseSensorOperator):
         *,
         directories: Callable[[Any], list[str]],
         what: str = "partitions",
+        committed: bool = True,
         on_timeout: Callable[[Any, str], None] | None = None,
         **kwargs: Any,
     ):
@@ -32,6 +36,7 @@ class LakePartitionsSensor(BaseSensorOperator):
         super().__init__(**kwargs)
         self.directories = directories
         self.what = what
+        self.committed = committed
         self.on_timeout = on_timeout
         self._missing: list[str] = []
 
@@ -42,7 +47,7 @@ class LakePartitionsSensor(BaseSensorOperator):
             wanted = self.directories(context)
         except ValueError as err:
             raise AirflowFailException(str(err)) from None
-        return Lake.from_settings().missing(wanted)
+        return Lake.from_settings().missing(wanted, committed=self.committed)
 
     def poke(self, context: Any) -> bool:
         self._missing = self._check(context)

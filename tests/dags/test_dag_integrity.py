@@ -29,6 +29,18 @@ EXPECTED_TASKS = {
     "model_deployment": {"evaluate", "decide", "promote", "reject"},
     "model_rollback": {"validate_target", "roll_back"},
     "traffic_replay": {"replay_traffic", "land_delayed_labels"},
+    "model_monitoring": {
+        "wait_for_traffic",
+        "check_drift",
+        "check_quality",
+        "check_serving",
+        "decide",
+        "choose_action",
+        "healthy",
+        "trigger_retraining",
+        "trigger_rollback",
+        "alarm_only",
+    },
 }
 
 pytestmark = pytest.mark.metadata
@@ -59,6 +71,11 @@ def test_house_rules(dagbag):
         for task in dag.tasks:
             assert task.owner not in ("", "airflow"), f"{dag_id}.{task.task_id} has no owner"
             assert task.retries >= 2, f"{dag_id}.{task.task_id} retries={task.retries}"
+            callbacks = task.on_failure_callback or []
+            assert any(type(c).__name__ == "AlarmNotifier" for c in callbacks), (
+                f"{dag_id}.{task.task_id} raises no alarm when it fails"
+            )
+        assert dag.deadline, f"{dag_id} has no deadline alert"
         assert dag.catchup is False or dag.schedule is None, f"{dag_id} must set catchup=False"
 
 

@@ -293,6 +293,31 @@ def promote(evaluated: dict[str, Any], actor: str, reload: bool = True) -> dict[
     return moved
 
 
+def force_promote(model: str, version: str, reason: str, actor: str, reload: bool = True) -> dict[str, Any]:
+    """Make ``version`` champion through the real promotion path, skipping the evaluation gate.
+
+    Test and demo only (``MLP_ALLOW_FORCE_PROMOTE=true``): it is how the monitoring scenarios
+    put a deliberately degraded model into production. Refused otherwise.
+    """
+    import mlflow
+
+    from mlpipeline.config import get_settings
+
+    if not get_settings().allow_force_promote:
+        raise DeploymentInputError(
+            "force_promote is disabled: it bypasses the evaluation gate and exists for tests and the demo "
+            "(MLP_ALLOW_FORCE_PROMOTE=true)"
+        )
+    tracking.connect()
+    current = registry.current_champion(mlflow.MlflowClient(), model)
+    reasons = [f"FORCED without passing evaluation: {reason}"]
+    moved = registry.move_champion(
+        model, str(version), current, action="promote", reasons=reasons, actor=actor, reload=reload
+    )
+    registry.tag_decision(model, str(version), "promote", reasons)
+    return moved
+
+
 # --------------------------------------------------------------------------------------
 # Rollback
 # --------------------------------------------------------------------------------------

@@ -320,8 +320,8 @@ def check_server(server_url: str, timeout_s: float = 5.0) -> dict[str, Any]:
     return health
 
 
-def served_features(lake: Lake, model: str, version: str) -> list[str]:
-    """Feature list of the model version the server serves, read from its export in the lake."""
+def served_spec(lake: Lake, model: str, version: str):
+    """Feature spec of a model version, read from its export in the serving location."""
     from mlpipeline.features import FeatureSpec
     from mlpipeline.serving import location
     from mlpipeline.serving.model import SPEC_PATH
@@ -334,8 +334,13 @@ def served_features(lake: Lake, model: str, version: str) -> list[str]:
     spec_name = SPEC_PATH.as_posix()
     for name, rel in zip(commit.files, commit.file_paths(), strict=True):
         if name == spec_name:
-            return list(FeatureSpec.from_json(lake.read_bytes(rel).decode()).features)
+            return FeatureSpec.from_json(lake.read_bytes(rel).decode())
     raise ReplayError(f"{lake.uri(directory)} holds no {spec_name}")
+
+
+def served_features(lake: Lake, model: str, version: str) -> list[str]:
+    """Feature list of the model version the server serves, read from its export in the lake."""
+    return list(served_spec(lake, model, version).features)
 
 
 def replay_day(
