@@ -78,7 +78,9 @@ def quality_on_labels(
             "quality", UNAVAILABLE, f"prediction log of {labels_day} lacks column(s) {', '.join(missing)}"
         )
     latest = log.sort_values("ts").drop_duplicates("flight_key", keep="last") if "ts" in log else log
-    joined = latest.merge(labels[["flight_key", "is_delayed"]], on="flight_key", how="inner")
+    joined = latest.drop(columns=["is_delayed"], errors="ignore").merge(
+        labels[["flight_key", "is_delayed"]], on="flight_key", how="inner"
+    )
     joined = joined[joined["is_delayed"].notna()]
     version = dominant_version(joined)
     served = joined[joined["model_version"].astype(str) == version] if version else joined
