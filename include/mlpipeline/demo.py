@@ -7,7 +7,10 @@ Everything goes through the Airflow REST API, exactly as an operator would from 
 2. ``golden_dataset`` is triggered once (skipped when its version already exists: frozen);
 3. ``dataset_generation`` backfills ``MLP_DEMO_FIRST_VERSION..MLP_DEMO_LAST_VERSION``;
 4. every published version triggers ``model_training`` through the ``training_dataset``
-   asset; the demo waits until the challenger was trained on the newest version.
+   asset; the demo waits until the challenger was trained on the newest version;
+5. ``model_deployment`` (asset ``model_candidate``) promotes or rejects it;
+6. ``traffic_replay`` backfills the three days after the newest version (real flights as
+   production traffic, delayed labels), then ``model_monitoring`` judges the last of them.
 
 Running the demo again is safe: backfills use ``reprocess_behavior="failed"``, so days that
 already succeeded are not redone, and failed ones are retried.
@@ -82,13 +85,14 @@ def wait_for_challenger(
         if (
             not busy
             and version is not None
-            and version.tags.get(tracking.TAG_DATASET_VERSION) == dataset_version
+            # A newer one (a drift-triggered retrain of an earlier demo run) is fine too.
+            and version.tags.get(tracking.TAG_DATASET_VERSION, "") >= dataset_version
         ):
             run = client.get_run(version.run_id)
             return {
                 "model": model_name,
                 "version": version.version,
-                "dataset_version": dataset_version,
+                "dataset_version": version.tags.get(tracking.TAG_DATASET_VERSION),
                 "val_roc_auc": run.data.metrics.get("val_roc_auc", float("nan")),
                 "url": tracking.model_version_url(model_name, version.version),
             }
@@ -133,9 +137,30 @@ def landing_ranges(settings: Settings, cfg: PipelineConfig) -> list[tuple[dt.dat
     """Raw days the demo needs: the dataset versions' windows and the golden range."""
     first_window_start = settings.demo_first_version - dt.timedelta(days=cfg.dataset.window_days - 1)
     return [
-        (max(first_window_start, settings.data_start), settings.demo_last_version),
+        (max(first_window_start, settings.data_start), settings.demo_last_version + TRAFFIC_DAYS),
         (cfg.golden.default_start, cfg.golden.default_end),
     ]
+
+
+#: Days of production traffic the demo replays after the last dataset version (then monitors).
+TRAFFIC_DAYS = dt.timedelta(days=3)
+
+
+def monitor_traffic(api: AirflowApi, lake: Lake, settings: Settings, cfg: PipelineConfig) -> list[str]:
+    """Replay the days after the newest version as traffic, then run model_monitoring on the last one."""
+    first = settings.demo_last_version + dt.timedelta(days=1)
+    last = settings.demo_last_version + TRAFFIC_DAYS
+    backfill_and_wait(api, "traffic_replay", first, last)
+    backfill_and_wait(api, "model_monitoring", last, last)
+    model = cfg.training.model_name
+    record = lake.read_json(f"monitoring/{model}/dt={last.isoformat()}/record.json")
+    lines = [f"    {last}: decision {record['decision'].upper()}: {'; '.join(record['reasons'])[:300]}"]
+    for finding in record["findings"]:
+        lines.append(f"      {finding['check']:<12} {finding['status']:<11} {finding['summary'][:150]}")
+    lines.append(
+        f"      drift report: {lake.uri(f'reports/drift/{model}/dt={last.isoformat()}/report.html')}"
+    )
+    return lines
 
 
 def run(settings: Settings) -> int:
@@ -152,15 +177,15 @@ def run(settings: Settings) -> int:
     lake = Lake.from_settings(settings)
 
     for start, end in landing_ranges(settings, cfg):
-        print(f"1/5 raw_landing backfill {start}..{end}…", flush=True)
+        print(f"1/6 raw_landing backfill {start}..{end}…", flush=True)
         backfill_and_wait(api, "raw_landing", start, end)
 
     golden = cfg.golden
     if lake.is_committed(datasets.golden_dir(golden.name, golden.default_version)):
-        print(f"2/5 golden set {golden.name}/{golden.default_version} exists (frozen): kept", flush=True)
+        print(f"2/6 golden set {golden.name}/{golden.default_version} exists (frozen): kept", flush=True)
     else:
         print(
-            f"2/5 golden_dataset {golden.default_version} ({golden.default_start}..{golden.default_end})…",
+            f"2/6 golden_dataset {golden.default_version} ({golden.default_start}..{golden.default_end})…",
             flush=True,
         )
         state = trigger_and_wait(api, "golden_dataset", conf={})
@@ -171,12 +196,18 @@ def run(settings: Settings) -> int:
     for dag_id in ("model_training", "model_deployment"):
         api.wait_for_dag(dag_id)
         api.set_paused(dag_id, False)  # datasets trigger training, candidates trigger deployment (assets)
-    print(f"3/5 dataset_generation backfill {first}..{last}…", flush=True)
+    print(f"3/6 dataset_generation backfill {first}..{last}…", flush=True)
     backfill_and_wait(api, "dataset_generation", first, last)
-    print(f"4/5 model_training (triggered by the training_dataset asset) for {last}…", flush=True)
+    print(f"4/6 model_training (triggered by the training_dataset asset) for {last}…", flush=True)
     challenger = wait_for_challenger(api, cfg.training.model_name, last.isoformat())
-    print("5/5 model_deployment (triggered by the model_candidate asset)…", flush=True)
+    print("5/6 model_deployment (triggered by the model_candidate asset)…", flush=True)
     deployed = wait_for_deployments(api, lake, cfg.training.model_name)
+    print(
+        f"6/6 traffic_replay {settings.demo_last_version + dt.timedelta(days=1)}..{settings.demo_last_version + TRAFFIC_DAYS}"
+        ", then model_monitoring…",
+        flush=True,
+    )
+    monitoring = monitor_traffic(api, lake, settings, cfg)
 
     lines = ["", "Demo finished.", "  dataset versions:"]
     for day in iter_days(first, last):
@@ -193,6 +224,8 @@ def run(settings: Settings) -> int:
         f"  golden set      : {info.name}/{info.version} {info.start}..{info.end} {info.content_hash[:19]}…",
         f"  champion        : {cfg.training.model_name} v{deployed['champion']} (served by {settings.serving_url})",
         *[f"    {line}" for line in deployed["decisions"]],
+        "  monitoring      : (alarms: alarms/alarms.jsonl in the lake)",
+        *monitoring,
         f"  lake            : {lake.uri()}",
         f"  UI up after     : {ui_up:.0f}s; whole demo: {time.monotonic() - started:.0f}s",
         f"  Airflow UI      : {settings.airflow_url}   login {settings.admin_user} / {secrets['admin_password']}",

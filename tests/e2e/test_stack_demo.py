@@ -63,10 +63,16 @@ def test_demo_twice_then_down(tmp_path: Path):
         assert "login admin / demo-test-pass" in first.stdout
         lake = Lake.from_uri(f"file://{state / 'lake'}")
         landed = lake.committed_partitions("raw/flights")
-        assert landed == [f"2013-01-0{d}" for d in range(1, 5)] + ["2013-01-20", "2013-01-21", "2013-01-22"]
+        assert landed == [f"2013-01-0{d}" for d in range(1, 8)] + ["2013-01-20", "2013-01-21", "2013-01-22"]
         versions = lake.committed_partitions("datasets/flights_delay", key="ds")
         assert versions == ["2013-01-03", "2013-01-04"]  # from one REST backfill
         assert "champion        : flight_delay v" in first.stdout
+        # Three days of replayed traffic, then one monitoring run with a recorded decision.
+        assert lake.committed_partitions("serving/labels") == ["2013-01-05"]
+        record = lake.read_json("monitoring/flight_delay/dt=2013-01-07/record.json")
+        assert record["decision"] in ("healthy", "retrain", "rollback", "alarm_only")
+        assert f"2013-01-07: decision {record['decision'].upper()}" in first.stdout
+        assert lake.exists("reports/drift/flight_delay/dt=2013-01-07/report.html")
         assert lake.is_committed("golden/flights_delay_golden/v1")
         hashes = {v: datasets.read_manifest(lake, "flights_delay", v)["content_hash"] for v in versions}
         status = _cli(env, "status")
