@@ -9,8 +9,15 @@ Everything goes through the Airflow REST API, exactly as an operator would from 
 4. every published version triggers ``model_training`` through the ``training_dataset``
    asset; the demo waits until the challenger was trained on the newest version;
 5. ``model_deployment`` (asset ``model_candidate``) promotes or rejects it;
-6. ``traffic_replay`` backfills the three days after the newest version (real flights as
-   production traffic, delayed labels), then ``model_monitoring`` judges the last of them.
+6. normal days: ``traffic_replay`` backfills the three days after the newest version (real
+   flights as production traffic, delayed labels), then ``model_monitoring`` judges the last;
+7. bad deployment: a model trained on inverted labels is forced into production (the demo
+   bypasses the gate on purpose), three more days are served, and monitoring rolls it back
+   through ``model_rollback`` by itself;
+8. drift: a July day served by the winter model; monitoring triggers ``dataset_generation``
+   for that day, whose asset event trains a new challenger, which ``model_deployment`` judges.
+
+Steps 7 and 8 are shown once: a rerun finds their records and prints them.
 
 Running the demo again is safe: backfills use ``reprocess_behavior="failed"``, so days that
 already succeeded are not redone, and failed ones are retried.
@@ -136,30 +143,109 @@ def wait_for_deployments(api: AirflowApi, lake: Lake, model_name: str, timeout_s
 def landing_ranges(settings: Settings, cfg: PipelineConfig) -> list[tuple[dt.date, dt.date]]:
     """Raw days the demo needs: the dataset versions' windows and the golden range."""
     first_window_start = settings.demo_first_version - dt.timedelta(days=cfg.dataset.window_days - 1)
+    drift_window_start = DRIFT_DAY - dt.timedelta(days=cfg.dataset.window_days - 1)
     return [
         (max(first_window_start, settings.data_start), settings.demo_last_version + TRAFFIC_DAYS),
         (cfg.golden.default_start, cfg.golden.default_end),
+        (drift_window_start, DRIFT_DAY),
     ]
 
 
-#: Days of production traffic the demo replays after the last dataset version (then monitors).
-TRAFFIC_DAYS = dt.timedelta(days=3)
+#: Days of production traffic the demo replays after the last dataset version (then monitors):
+#: days 1-3 served by the champion (normal days), days 4-6 by a deliberately degraded model.
+TRAFFIC_DAYS = dt.timedelta(days=6)
+#: The drift scenario: a day of July traffic served by the winter model.
+DRIFT_DAY = dt.date(2013, 7, 15)
+
+
+def _record_lines(lake: Lake, model: str, day: dt.date) -> list[str]:
+    record = lake.read_json(f"monitoring/{model}/dt={day.isoformat()}/record.json")
+    lines = [f"    {day}: decision {record['decision'].upper()}: {'; '.join(record['reasons'])[:300]}"]
+    for finding in record["findings"]:
+        lines.append(f"      {finding['check']:<12} {finding['status']:<11} {finding['summary'][:150]}")
+    lines.append(f"      drift report: {lake.uri(f'reports/drift/{model}/dt={day.isoformat()}/report.html')}")
+    return lines
 
 
 def monitor_traffic(api: AirflowApi, lake: Lake, settings: Settings, cfg: PipelineConfig) -> list[str]:
-    """Replay the days after the newest version as traffic, then run model_monitoring on the last one."""
+    """Normal days: replay three days after the newest version, then model_monitoring on the last."""
     first = settings.demo_last_version + dt.timedelta(days=1)
-    last = settings.demo_last_version + TRAFFIC_DAYS
+    last = settings.demo_last_version + dt.timedelta(days=3)
     backfill_and_wait(api, "traffic_replay", first, last)
     backfill_and_wait(api, "model_monitoring", last, last)
+    return _record_lines(lake, cfg.training.model_name, last)
+
+
+def wait_for_run(api: AirflowApi, dag_id: str, run_id: str, timeout_s: float = 900) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            state = api.dag_run(dag_id, run_id)["state"]
+        except AirflowApiError:
+            state = "missing"
+        if state in ("success", "failed"):
+            return state
+        time.sleep(3)
+    raise AirflowApiError(f"{dag_id} run {run_id} not finished after {timeout_s:.0f}s")
+
+
+def bad_deployment(api: AirflowApi, lake: Lake, settings: Settings, cfg: PipelineConfig) -> list[str]:
+    """Force a degraded model into production; monitoring must roll it back by itself."""
+    import httpx
+    import mlflow
+
+    from mlpipeline.deployment import registry, steps
+    from mlpipeline.monitoring import scenarios
+    from mlpipeline.training import tracking
+
     model = cfg.training.model_name
+    first = settings.demo_last_version + dt.timedelta(days=4)
+    last = settings.demo_last_version + TRAFFIC_DAYS
+    if lake.exists(f"monitoring/{model}/dt={last.isoformat()}/record.json"):
+        return ["    shown by an earlier demo run:", *_record_lines(lake, model, last)]
+    tracking.connect()
+    client = mlflow.MlflowClient()
+    good = registry.current_champion(client, model)
+    bad = scenarios.register_degraded_model(lake, cfg)
+    evaluated = steps.evaluate_candidate({"model": model, "version": bad}, cfg, lake)
+    steps.force_promote(
+        model, bad, reason=f"demo scenario; the gate said {evaluated['decision']}", actor="demo:scenario",
+        allowed=True,  # the demo shows this failure on purpose; elsewhere MLP_ALLOW_FORCE_PROMOTE guards it
+    )  # fmt: skip
+    backfill_and_wait(api, "traffic_replay", first, last)
+    backfill_and_wait(api, "model_monitoring", last, last)
+    lines = [
+        f"    forced v{bad} (inverted labels; the gate said {evaluated['decision'].upper()}) over v{good}",
+        *_record_lines(lake, model, last),
+    ]
     record = lake.read_json(f"monitoring/{model}/dt={last.isoformat()}/record.json")
-    lines = [f"    {last}: decision {record['decision'].upper()}: {'; '.join(record['reasons'])[:300]}"]
-    for finding in record["findings"]:
-        lines.append(f"      {finding['check']:<12} {finding['status']:<11} {finding['summary'][:150]}")
-    lines.append(
-        f"      drift report: {lake.uri(f'reports/drift/{model}/dt={last.isoformat()}/report.html')}"
-    )
+    if record["decision"] == "rollback":
+        state = wait_for_run(api, "model_rollback", f"auto_rollback__{last.isoformat()}")
+        served = httpx.get(f"{settings.serving_url}/health", timeout=5).json().get("version")
+        lines.append(
+            f"    model_rollback {state}: champion v{registry.current_champion(client, model)}, server serves v{served}"
+        )
+    return lines
+
+
+def drift_retrain(api: AirflowApi, lake: Lake, settings: Settings, cfg: PipelineConfig) -> list[str]:
+    """Serve July flights to the winter model: drift, retraining on the newest data, a new challenger."""
+    model = cfg.training.model_name
+    day = DRIFT_DAY
+    backfill_and_wait(api, "traffic_replay", day, day)
+    backfill_and_wait(api, "model_monitoring", day, day)
+    lines = _record_lines(lake, model, day)
+    record = lake.read_json(f"monitoring/{model}/dt={day.isoformat()}/record.json")
+    if record["decision"] == "retrain":
+        state = wait_for_run(api, "dataset_generation", f"retrain__{day.isoformat()}")
+        lines.append(f"    dataset_generation retrain__{day} {state}")
+        challenger = wait_for_challenger(api, model, day.isoformat())
+        lines.append(
+            f"    new challenger v{challenger['version']} trained on {challenger['dataset_version']} "
+            f"(validation ROC AUC {challenger['val_roc_auc']:.3f})"
+        )
+        deployed = wait_for_deployments(api, lake, model)
+        lines.append(f"    champion after its evaluation: v{deployed['champion']}")
     return lines
 
 
@@ -177,15 +263,15 @@ def run(settings: Settings) -> int:
     lake = Lake.from_settings(settings)
 
     for start, end in landing_ranges(settings, cfg):
-        print(f"1/6 raw_landing backfill {start}..{end}…", flush=True)
+        print(f"1/8 raw_landing backfill {start}..{end}…", flush=True)
         backfill_and_wait(api, "raw_landing", start, end)
 
     golden = cfg.golden
     if lake.is_committed(datasets.golden_dir(golden.name, golden.default_version)):
-        print(f"2/6 golden set {golden.name}/{golden.default_version} exists (frozen): kept", flush=True)
+        print(f"2/8 golden set {golden.name}/{golden.default_version} exists (frozen): kept", flush=True)
     else:
         print(
-            f"2/6 golden_dataset {golden.default_version} ({golden.default_start}..{golden.default_end})…",
+            f"2/8 golden_dataset {golden.default_version} ({golden.default_start}..{golden.default_end})…",
             flush=True,
         )
         state = trigger_and_wait(api, "golden_dataset", conf={})
@@ -196,18 +282,18 @@ def run(settings: Settings) -> int:
     for dag_id in ("model_training", "model_deployment"):
         api.wait_for_dag(dag_id)
         api.set_paused(dag_id, False)  # datasets trigger training, candidates trigger deployment (assets)
-    print(f"3/6 dataset_generation backfill {first}..{last}…", flush=True)
+    print(f"3/8 dataset_generation backfill {first}..{last}…", flush=True)
     backfill_and_wait(api, "dataset_generation", first, last)
-    print(f"4/6 model_training (triggered by the training_dataset asset) for {last}…", flush=True)
+    print(f"4/8 model_training (triggered by the training_dataset asset) for {last}…", flush=True)
     challenger = wait_for_challenger(api, cfg.training.model_name, last.isoformat())
-    print("5/6 model_deployment (triggered by the model_candidate asset)…", flush=True)
+    print("5/8 model_deployment (triggered by the model_candidate asset)…", flush=True)
     deployed = wait_for_deployments(api, lake, cfg.training.model_name)
-    print(
-        f"6/6 traffic_replay {settings.demo_last_version + dt.timedelta(days=1)}..{settings.demo_last_version + TRAFFIC_DAYS}"
-        ", then model_monitoring…",
-        flush=True,
-    )
+    print("6/8 normal days: traffic_replay of three days, then model_monitoring…", flush=True)
     monitoring = monitor_traffic(api, lake, settings, cfg)
+    print("7/8 bad deployment: a degraded model forced into production, then monitoring…", flush=True)
+    rollback_lines = bad_deployment(api, lake, settings, cfg)
+    print(f"8/8 drift: {DRIFT_DAY} (July) traffic served by the winter model, then monitoring…", flush=True)
+    drift_lines = drift_retrain(api, lake, settings, cfg)
 
     lines = ["", "Demo finished.", "  dataset versions:"]
     for day in iter_days(first, last):
@@ -224,8 +310,12 @@ def run(settings: Settings) -> int:
         f"  golden set      : {info.name}/{info.version} {info.start}..{info.end} {info.content_hash[:19]}…",
         f"  champion        : {cfg.training.model_name} v{deployed['champion']} (served by {settings.serving_url})",
         *[f"    {line}" for line in deployed["decisions"]],
-        "  monitoring      : (alarms: alarms/alarms.jsonl in the lake)",
+        f"  monitoring      : normal days (alarms: {lake.uri('alarms/alarms.jsonl')})",
         *monitoring,
+        "  bad deployment  :",
+        *rollback_lines,
+        "  drift           :",
+        *drift_lines,
         f"  lake            : {lake.uri()}",
         f"  UI up after     : {ui_up:.0f}s; whole demo: {time.monotonic() - started:.0f}s",
         f"  Airflow UI      : {settings.airflow_url}   login {settings.admin_user} / {secrets['admin_password']}",

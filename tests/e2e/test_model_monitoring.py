@@ -26,7 +26,7 @@ from training_helpers import TRAIN_VERSION, build_lake
 from mlpipeline.config import PROJECT_ROOT
 from mlpipeline.data.landing import land_range
 from mlpipeline.deployment import registry, steps
-from mlpipeline.monitoring import alarms
+from mlpipeline.monitoring import alarms, scenarios
 from mlpipeline.serving import replay
 from mlpipeline.training import pipeline, tracking
 
@@ -204,43 +204,9 @@ def test_healthy_day(env):
     assert decided["decision"] == "healthy"
 
 
-def _degraded_version(env) -> str:
-    """XGBoost on the champion's training rows with inverted labels, registered like a real model."""
-    import tempfile
-    from pathlib import Path
-
-    import xgboost as xgb
-
-    from mlpipeline.data import datasets
-    from mlpipeline.serving.model import download_model_version, load_model_dir
-
-    client = _client()
-    champion = client.get_model_version_by_alias(MODEL, "champion")
-    with tempfile.TemporaryDirectory() as tmp:
-        loaded = load_model_dir(download_model_version(MODEL, champion.version, Path(tmp) / "m"))
-        spec = loaded.spec
-        _, frames = datasets.load_dataset(env["lake"], "flights_delay", TRAIN_VERSION.isoformat())
-        frame = frames["train"]
-        labels = 1 - frame["is_delayed"].to_numpy()  # a label bug upstream: the outcome inverted
-        dtrain = xgb.DMatrix(spec.encode_frame(frame), label=labels, feature_names=list(spec.features),
-                             feature_types=spec.feature_types, enable_categorical=True)  # fmt: skip
-        booster = xgb.train(
-            {"objective": "binary:logistic", "max_depth": 8, "eta": 0.3, "seed": 3}, dtrain, 60
-        )
-        spec_file = Path(tmp) / "feature_spec.json"
-        spec_file.write_text(spec.to_json())
-        mlflow.set_experiment("monitor-test-degraded")
-        with mlflow.start_run():
-            info = mlflow.xgboost.log_model(booster, name="model", extra_files=[str(spec_file)])
-            reference = client.get_run(champion.run_id).data.tags[tracking.TAG_REFERENCE]
-            mlflow.set_tag(tracking.TAG_REFERENCE, reference)
-    tags = {tracking.TAG_WINDOW_END: champion.tags.get(tracking.TAG_WINDOW_END, "2013-01-10")}
-    return str(mlflow.register_model(info.model_uri, MODEL, tags=tags).version)
-
-
 def test_bad_deployment_is_rolled_back_automatically(env):
     good = env["v1"]
-    bad = _degraded_version(env)
+    bad = scenarios.register_degraded_model()  # inverted labels, registered like a real model
     evaluated = steps.evaluate_candidate({"model": MODEL, "version": bad})
     assert evaluated["decision"] == "reject"  # the gate would have stopped it…
     steps.force_promote(MODEL, bad, reason="scenario: degraded model", actor="test:force")  # …bypassed

@@ -17,6 +17,7 @@ import pytest
 from dataset_helpers import write_test_config
 
 from mlpipeline.data import datasets
+from mlpipeline.deployment import registry
 from mlpipeline.lake import Lake
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark]
@@ -63,16 +64,35 @@ def test_demo_twice_then_down(tmp_path: Path):
         assert "login admin / demo-test-pass" in first.stdout
         lake = Lake.from_uri(f"file://{state / 'lake'}")
         landed = lake.committed_partitions("raw/flights")
-        assert landed == [f"2013-01-0{d}" for d in range(1, 8)] + ["2013-01-20", "2013-01-21", "2013-01-22"]
+        assert landed == [
+            *(f"2013-01-{d:02d}" for d in range(1, 11)),  # versions' windows + six days of traffic
+            "2013-01-20", "2013-01-21", "2013-01-22",  # golden range
+            "2013-07-13", "2013-07-14", "2013-07-15",  # the drift scenario's window
+        ]  # fmt: skip
         versions = lake.committed_partitions("datasets/flights_delay", key="ds")
-        assert versions == ["2013-01-03", "2013-01-04"]  # from one REST backfill
+        assert versions == ["2013-01-03", "2013-01-04", "2013-07-15"]  # a REST backfill + the drift retrain
+        versions = versions[:2]
         assert "champion        : flight_delay v" in first.stdout
-        # Three days of replayed traffic, then one monitoring run with a recorded decision.
-        assert lake.committed_partitions("serving/labels") == ["2013-01-05"]
+        # Normal days: three days of replayed traffic, one monitoring run with a recorded decision.
         record = lake.read_json("monitoring/flight_delay/dt=2013-01-07/record.json")
-        assert record["decision"] in ("healthy", "retrain", "rollback", "alarm_only")
+        assert record["decision"] in ("healthy", "alarm_only"), record["reasons"]
         assert f"2013-01-07: decision {record['decision'].upper()}" in first.stdout
         assert lake.exists("reports/drift/flight_delay/dt=2013-01-07/report.html")
+        # Bad deployment: the forced degraded model is rolled back by monitoring, automatically.
+        history = registry.read_history(lake, "flight_delay")
+        forced = next(h for h in history if h["actor"] == "demo:scenario")
+        rollback = next(h for h in history if h["action"] == "rollback")
+        assert (rollback["from_version"], rollback["to_version"]) == (
+            forced["to_version"],
+            forced["from_version"],
+        )
+        assert rollback["reasons"][0].startswith("model_monitoring 2013-01-10")
+        assert "model_rollback success" in first.stdout
+        # Drift: July traffic retrains on the newest data; a challenger trained on it appears.
+        drift = lake.read_json("monitoring/flight_delay/dt=2013-07-15/record.json")
+        assert drift["decision"] == "retrain", drift["reasons"]
+        assert lake.is_committed("datasets/flights_delay/ds=2013-07-15")
+        assert "new challenger v" in first.stdout
         assert lake.is_committed("golden/flights_delay_golden/v1")
         hashes = {v: datasets.read_manifest(lake, "flights_delay", v)["content_hash"] for v in versions}
         status = _cli(env, "status")

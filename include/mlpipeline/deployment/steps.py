@@ -293,17 +293,20 @@ def promote(evaluated: dict[str, Any], actor: str, reload: bool = True) -> dict[
     return moved
 
 
-def force_promote(model: str, version: str, reason: str, actor: str, reload: bool = True) -> dict[str, Any]:
+def force_promote(
+    model: str, version: str, reason: str, actor: str, reload: bool = True, allowed: bool | None = None
+) -> dict[str, Any]:
     """Make ``version`` champion through the real promotion path, skipping the evaluation gate.
 
-    Test and demo only (``MLP_ALLOW_FORCE_PROMOTE=true``): it is how the monitoring scenarios
-    put a deliberately degraded model into production. Refused otherwise.
+    Test and demo only (``MLP_ALLOW_FORCE_PROMOTE=true``, or ``allowed=True`` from the demo's
+    scenario step): it is how the monitoring scenarios put a deliberately degraded model into
+    production. Refused otherwise.
     """
     import mlflow
 
     from mlpipeline.config import get_settings
 
-    if not get_settings().allow_force_promote:
+    if not (get_settings().allow_force_promote if allowed is None else allowed):
         raise DeploymentInputError(
             "force_promote is disabled: it bypasses the evaluation gate and exists for tests and the demo "
             "(MLP_ALLOW_FORCE_PROMOTE=true)"

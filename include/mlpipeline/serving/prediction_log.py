@@ -36,6 +36,7 @@ class PredictionLog:
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by append when the buffer is full
         self._thread: threading.Thread | None = None
         self.logged = 0
         self.spooled = 0
@@ -48,7 +49,7 @@ class PredictionLog:
             self._rows.extend(rows)
             full = len(self._rows) >= self.flush_rows
         if full and self._thread is not None:
-            threading.Thread(target=self.flush, daemon=True).start()
+            self._wake.set()  # the flusher thread writes; no thread is started on the request path
 
     @property
     def pending(self) -> int:
@@ -60,12 +61,17 @@ class PredictionLog:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.flush_s):
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
             self.flush()
 
     def close(self) -> None:
         """Stop the flusher and write everything still buffered (graceful shutdown)."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
         self.flush()
