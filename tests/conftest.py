@@ -260,30 +260,3 @@ def mlflow_server(session_dir: Path) -> str:
 
     get_settings.cache_clear()
     return uri
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _dag_test_ignores_deadline_alerts():
-    """Airflow 3.3.2's ``dag.test()`` fails on a *successful* run of a DAG with a ``DeadlineAlert``.
-
-    At the end of the run, ``DagRun.update_state`` looks the alerts up by id
-    (``DeadlineAlertModel.get_by_id(alert_id) for alert_id in dag.deadline``), but ``dag.test()``
-    passes the in-memory DAG, whose ``deadline`` holds the alerts themselves (the scheduler
-    passes the serialized DAG, which holds ids). In-process test runs therefore run without
-    the alerts; tests/dags checks that every DAG declares them and tests/unit/test_alarms.py
-    runs the callback.
-    """
-    from airflow.sdk.definitions.dag import DAG
-
-    original = DAG.test
-
-    def test_without_deadline(self, *args, **kwargs):
-        saved, self.deadline = self.deadline, None
-        try:
-            return original(self, *args, **kwargs)
-        finally:
-            self.deadline = saved
-
-    DAG.test = test_without_deadline
-    yield
-    DAG.test = original

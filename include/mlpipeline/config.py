@@ -96,6 +96,11 @@ class Settings(BaseModel):
         default=False,
         description="TEST/DEMO ONLY: let force_promote make a version champion without passing evaluation.",
     )
+    deadline_alerts: bool = Field(
+        default=False,
+        description="Give every DAG its DeadlineAlert. Off: Airflow 3.3.2's scheduler crashes when it prunes "
+        "the deadlines of a successful run (apache/airflow#58560).",
+    )
     alarm_slack_conn_id: str = Field(
         default="slack_alarms",
         description="Airflow connection (slackwebhook) that also gets every alarm, when it exists.",

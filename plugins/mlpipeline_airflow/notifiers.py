@@ -58,11 +58,23 @@ def _raise_deadline_alarm(context: dict[str, Any], kwargs: dict[str, Any]) -> No
     )
 
 
-def run_deadline(hours: float):
-    """A ``DeadlineAlert``: alarm when a run is not finished ``hours`` after it was queued."""
+def run_deadline(hours: float, enabled: bool | None = None):
+    """A ``DeadlineAlert``: alarm when a run is not finished ``hours`` after it was queued.
+
+    ``None`` unless ``MLP_DEADLINE_ALERTS`` is on: with Airflow 3.3.2 the scheduler crashes
+    (``StaleDataError`` on ``dag_run``) when it prunes the deadlines of a run that succeeded,
+    seen here on the embedded stack and upstream as apache/airflow#58560.
+    """
     import datetime as dt
 
     from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference
+
+    if enabled is None:
+        from mlpipeline.config import get_settings
+
+        enabled = get_settings().deadline_alerts
+    if not enabled:
+        return None
 
     return DeadlineAlert(
         reference=DeadlineReference.DAGRUN_QUEUED_AT,

@@ -75,7 +75,6 @@ def test_house_rules(dagbag):
             assert any(type(c).__name__ == "AlarmNotifier" for c in callbacks), (
                 f"{dag_id}.{task.task_id} raises no alarm when it fails"
             )
-        assert dag.deadline, f"{dag_id} has no deadline alert"
         assert dag.catchup is False or dag.schedule is None, f"{dag_id} must set catchup=False"
 
 
@@ -98,3 +97,22 @@ def test_metadata_db_is_the_requested_backend(request, airflow_db):
 
     expected = {"sqlite": "sqlite", "postgres": "postgresql"}[request.config.getoption("--metadata-db")]
     assert settings.engine.dialect.name == expected
+
+
+def test_every_dag_gets_a_deadline_alert_when_enabled():
+    """MLP_DEADLINE_ALERTS=true (off by default: apache/airflow#58560) gives every DAG its alert."""
+    probe = (
+        "import json; from airflow.dag_processing.dagbag import DagBag;"
+        f"bag = DagBag(dag_folder={str(ROOT / 'dags')!r});"
+        "print(json.dumps({d: bool(dag.deadline) for d, dag in bag.dags.items()}))"
+    )
+    import os
+
+    env = {**os.environ, "MLP_DEADLINE_ALERTS": "true"}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=False, env=env
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    flags = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(flags) == set(EXPECTED_TASKS)
+    assert all(flags.values()), flags

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from dataset_helpers import TRAIN_DAYS, load_dag, run_for_day, states, write_test_config
+from serving_env import settings_environ
 
 from mlpipeline.data import datasets
 from mlpipeline.data.landing import land_range
@@ -37,33 +38,17 @@ def local_hash(landed_lake, tmp_path_factory, airflow_db) -> str:
     """Content hash of version DAY built with ``local[2]`` on a local lake."""
     import shutil
 
-    from mlpipeline.config import get_settings
-    from mlpipeline.pipeline_config import get_pipeline_config
-
     tmp = tmp_path_factory.mktemp("local-run")
     shutil.copytree(landed_lake, tmp / "lake")
-    saved = {k: os.environ.get(k) for k in ("MLP_LAKE_URI", "MLP_PIPELINE_CONFIG", "MLP_STATE_DIR")}
-    os.environ.update(
-        {
-            "MLP_LAKE_URI": f"file://{tmp / 'lake'}",
-            "MLP_PIPELINE_CONFIG": str(write_test_config(tmp / "pipeline.yaml")),
-            "MLP_STATE_DIR": str(tmp / "state"),
-        }
-    )
-    get_settings.cache_clear()
-    get_pipeline_config.cache_clear()
-    try:
+    values = {
+        "MLP_LAKE_URI": f"file://{tmp / 'lake'}",
+        "MLP_PIPELINE_CONFIG": str(write_test_config(tmp / "pipeline.yaml")),
+        "MLP_STATE_DIR": str(tmp / "state"),
+    }
+    with settings_environ(values):
         run = run_for_day(load_dag("dataset_generation"), DAY)
         assert run.state == "success", states(run)
         return datasets.read_manifest(Lake.from_settings(), "flights_delay", DAY)["content_hash"]
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        get_settings.cache_clear()
-        get_pipeline_config.cache_clear()
 
 
 @pytest.fixture

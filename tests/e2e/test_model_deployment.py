@@ -5,14 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import mlflow
 import pytest
+from serving_env import model_server, settings_environ
 from serving_fixtures import CATEGORICAL, FEATURES, real_rows
 
 from mlpipeline.config import PROJECT_ROOT
@@ -36,9 +34,6 @@ def env(tmp_path_factory, mlflow_server, airflow_db):
     """Lake with a real golden set, a pipeline config for MODEL, and the real model server."""
     import yaml
 
-    from mlpipeline.config import get_settings
-    from mlpipeline.pipeline_config import get_pipeline_config
-
     root = tmp_path_factory.mktemp("deploy")
     cfg = yaml.safe_load((PROJECT_ROOT / "include" / "config" / "pipeline.yaml").read_text())
     cfg["training"]["model_name"] = MODEL
@@ -53,40 +48,16 @@ def env(tmp_path_factory, mlflow_server, airflow_db):
         "MLP_SERVING_PORT": str(port),
         "MLP_SERVING_ADMIN_TOKEN": TOKEN,
     }
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    get_settings.cache_clear()
-    get_pipeline_config.cache_clear()
-    lake = Lake.from_settings()
-    golden = real_rows(n=3000, seed=42)
-    manifest = datasets.build_manifest(
-        name="flights_delay_golden", kind="golden", version="v1", window=(dt.date(2013, 12, 1), dt.date(2013, 12, 30)),
-        frames={"golden": golden}, job_stats={}, quality={"success": True}, params={}, golden=None,
-    )  # fmt: skip
-    datasets.publish_golden(lake, golden, manifest)
-    server_env = {**os.environ, "MLP_SERVING_POLL_S": "1"}
-    log = open(root / "server.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlpipeline.serving"], env=server_env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            httpx.get(f"{url}/health", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    yield {"lake": lake, "url": url, "root": root}
-    server.terminate()
-    server.wait(timeout=30)
-    log.close()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    get_settings.cache_clear()
-    get_pipeline_config.cache_clear()
+    with settings_environ(values):
+        lake = Lake.from_settings()
+        golden = real_rows(n=3000, seed=42)
+        manifest = datasets.build_manifest(
+            name="flights_delay_golden", kind="golden", version="v1", window=(dt.date(2013, 12, 1), dt.date(2013, 12, 30)),
+            frames={"golden": golden}, job_stats={}, quality={"success": True}, params={}, golden=None,
+        )  # fmt: skip
+        datasets.publish_golden(lake, golden, manifest)
+        with model_server(root, port, MLP_SERVING_POLL_S="1") as url:
+            yield {"lake": lake, "url": url, "root": root}
 
 
 def register(window_end: str, rounds: int, depth: int, seed: int = 0, shuffle: bool = False) -> str:

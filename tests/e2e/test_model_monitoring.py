@@ -12,8 +12,6 @@ import datetime as dt
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
 
 import httpx
@@ -21,6 +19,7 @@ import mlflow
 import pendulum
 import pytest
 import yaml
+from serving_env import model_server, settings_environ
 from training_helpers import TRAIN_VERSION, build_lake
 
 from mlpipeline.config import PROJECT_ROOT
@@ -49,9 +48,6 @@ def _client():
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, mlflow_server, airflow_db):
     """Real lake, a champion trained by the pipeline on Jan 1-10, the model server running."""
-    from mlpipeline.config import get_settings
-    from mlpipeline.pipeline_config import get_pipeline_config
-
     root = tmp_path_factory.mktemp("monitoring")
     cfg = yaml.safe_load((PROJECT_ROOT / "include" / "config" / "pipeline.yaml").read_text())
     cfg["dataset"].update({"window_days": 3, "sensor_poke_interval_s": 1, "sensor_timeout_s": 5})
@@ -72,45 +68,20 @@ def env(tmp_path_factory, mlflow_server, airflow_db):
         "MLP_SERVING_ADMIN_TOKEN": TOKEN,
         "MLP_ALLOW_FORCE_PROMOTE": "true",
     }
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    get_settings.cache_clear()
-    get_pipeline_config.cache_clear()
-    lake = build_lake(root / "lake", get_settings(), get_pipeline_config())
-    land_range(lake, dt.date(2013, 1, 11), dt.date(2013, 1, 14))
-    land_range(lake, dt.date(2013, 7, 13), dt.date(2013, 7, 15))
+    with settings_environ(values):
+        from mlpipeline.config import get_settings
+        from mlpipeline.pipeline_config import get_pipeline_config
 
-    server_log = open(root / "server.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlpipeline.serving"],
-        env={**os.environ, "MLP_SERVING_POLL_S": "1", "MLP_SERVING_LOG_FLUSH_S": "0.5"},
-        stdout=server_log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            httpx.get(f"{url}/health", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-
-    trained = pipeline.train_candidate(TRAIN_VERSION.isoformat(), n_trials=3)
-    registered = pipeline.register_candidate(trained)
-    evaluated = steps.evaluate_candidate({"model": MODEL, "version": str(registered["version"])})
-    assert evaluated["decision"] == "promote", evaluated
-    steps.promote(evaluated, actor="test:setup")
-    yield {"lake": lake, "url": url, "root": root, "v1": str(registered["version"])}
-    server.terminate()
-    server.wait(timeout=30)
-    server_log.close()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    get_settings.cache_clear()
-    get_pipeline_config.cache_clear()
+        lake = build_lake(root / "lake", get_settings(), get_pipeline_config())
+        land_range(lake, dt.date(2013, 1, 11), dt.date(2013, 1, 14))
+        land_range(lake, dt.date(2013, 7, 13), dt.date(2013, 7, 15))
+        with model_server(root, port, MLP_SERVING_POLL_S="1", MLP_SERVING_LOG_FLUSH_S="0.5") as url:
+            trained = pipeline.train_candidate(TRAIN_VERSION.isoformat(), n_trials=3)
+            registered = pipeline.register_candidate(trained)
+            evaluated = steps.evaluate_candidate({"model": MODEL, "version": str(registered["version"])})
+            assert evaluated["decision"] == "promote", evaluated
+            steps.promote(evaluated, actor="test:setup")
+            yield {"lake": lake, "url": url, "root": root, "v1": str(registered["version"])}
 
 
 def served(env) -> str:

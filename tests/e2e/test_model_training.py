@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import mlflow
 import pytest
 import yaml
+from serving_env import settings_environ
 from training_helpers import TRAIN_VERSION, build_lake
 
 from mlpipeline.config import PROJECT_ROOT
@@ -34,25 +35,13 @@ def trained_env(tmp_path_factory, mlflow_server, airflow_db):
     cfg = yaml.safe_load((PROJECT_ROOT / "include" / "config" / "pipeline.yaml").read_text())
     cfg["training"].update({"n_trials": 4, "timeout_s": 120, "reference_sample_rows": 500})
     (root / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
-    saved = {k: os.environ.get(k) for k in ("MLP_LAKE_URI", "MLP_PIPELINE_CONFIG", "MLP_STATE_DIR")}
-    os.environ.update(
-        {
-            "MLP_LAKE_URI": f"file://{root / 'lake'}",
-            "MLP_PIPELINE_CONFIG": str(root / "pipeline.yaml"),
-            "MLP_STATE_DIR": str(root / "state"),
-        }
-    )
-    get_settings.cache_clear()
-    get_pipeline_config.cache_clear()
-    lake = build_lake(root / "lake", get_settings(), get_pipeline_config())
-    yield lake
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    get_settings.cache_clear()
-    get_pipeline_config.cache_clear()
+    values = {
+        "MLP_LAKE_URI": f"file://{root / 'lake'}",
+        "MLP_PIPELINE_CONFIG": str(root / "pipeline.yaml"),
+        "MLP_STATE_DIR": str(root / "state"),
+    }
+    with settings_environ(values):
+        yield build_lake(root / "lake", get_settings(), get_pipeline_config())
 
 
 @pytest.fixture(scope="module")
