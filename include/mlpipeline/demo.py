@@ -26,6 +26,7 @@ already succeeded are not redone, and failed ones are retried.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 
 from mlpipeline import stack
@@ -254,6 +255,36 @@ def run(settings: Settings) -> int:
     started = time.monotonic()
     print("Starting the embedded stack (Airflow, MLflow)…", flush=True)
     stack.up(settings)
+    watchdog = _Watchdog(settings)
+    watchdog.start()
+    try:
+        return _run(settings, cfg, started)
+    finally:
+        watchdog.stop()
+
+
+class _Watchdog(threading.Thread):
+    """Restarts a stack service that died while the demo waits (``stack.revive``)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="stack-watchdog", daemon=True)
+        self.settings = settings
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(5):
+            try:
+                for name in stack.revive(self.settings):
+                    print(f"  (watchdog: {name} had exited; restarted it)", flush=True)
+            except Exception as err:  # never let the watchdog kill the demo
+                print(f"  (watchdog: {type(err).__name__}: {err})", flush=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(timeout=10)
+
+
+def _run(settings: Settings, cfg: PipelineConfig, started: float) -> int:
     ui_up = time.monotonic() - started
     secrets = stack.load_or_create_secrets(stack.StackPaths(settings.state_dir), settings)
     api = AirflowApi(settings.airflow_url, settings.admin_user, secrets["admin_password"])

@@ -9,6 +9,7 @@ groups it started (checked against the recorded command line).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import signal
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlpipeline.config import PROJECT_ROOT, Settings
+
+log = logging.getLogger(__name__)
 
 
 class StackError(RuntimeError):
@@ -388,6 +391,37 @@ def up(settings: Settings) -> list[tuple[Service, Running]]:
         wait_healthy(service, paths, settings.start_timeout_s)
     wait_airflow_components(settings, settings.start_timeout_s)
     return started
+
+
+def revive(settings: Settings) -> list[str]:
+    """Restart the services of this stack whose process died (a restart policy, as compose's).
+
+    Only services that were started and not stopped (their pid file is still there) are
+    restarted. Seen here: Airflow 3.3.2's scheduler on SQLite can exit on a ``StaleDataError``
+    when the API server creates a backfill's runs while it schedules; restarted, it carries on.
+    """
+    paths = StackPaths(settings.state_dir)
+    restarted = []
+    for service in services(settings, paths):
+        if _pid_file(paths, service).exists() and running(paths, service) is None:
+            for pid in _reap_children():
+                log.debug("reaped %d", pid)
+            start(service, paths, settings)
+            restarted.append(service.name)
+    return restarted
+
+
+def _reap_children() -> list[int]:
+    """Collect exited children (services started by this process) so they leave no zombie."""
+    reaped = []
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return reaped
+        if pid == 0:
+            return reaped
+        reaped.append(pid)
 
 
 def down(settings: Settings, grace_s: float = 20) -> list[str]:

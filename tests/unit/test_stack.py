@@ -116,3 +116,24 @@ def _children(pid: int) -> list[int]:
             if int(fields[1]) == pid:
                 out.append(int(entry.name))
     return out
+
+
+def test_revive_restarts_a_dead_service_but_not_a_stopped_one(paths, tmp_path, monkeypatch):
+    import signal
+
+    settings = load_settings({"MLP_STATE_DIR": str(tmp_path / "state")})
+    crashed, stopped = sleeper("crashed"), sleeper("stopped")
+    monkeypatch.setattr(stack, "services", lambda _settings, _paths: [crashed, stopped])
+    first = stack.start(crashed, paths, settings)
+    stack.start(stopped, paths, settings)
+    stack._pid_file(paths, stopped).unlink()  # what `down` leaves: no pid file
+    os.kill(first.pid, signal.SIGKILL)  # the scheduler crashing; a zombie until reaped
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and stack._start_ticks(first.pid) is not None:
+        time.sleep(0.1)
+    assert stack.revive(settings) == ["crashed"]
+    again = stack.running(paths, crashed)
+    assert again is not None
+    assert again.pid != first.pid
+    assert stack.revive(settings) == []  # alive now: nothing to do
+    stack.down(settings, grace_s=5)
