@@ -298,8 +298,11 @@ def register_candidate(
     else:
         log.info("version %s already registered for this Airflow run: reusing it", version.version)
     verify_loadable(model_name, version.version)
-    client.set_registered_model_alias(model_name, CHALLENGER, version.version)
+    moved = _move_challenger_forward(
+        client, model_name, version.version, run.data.tags.get(tracking.TAG_WINDOW_END)
+    )
     return {
+        "challenger_alias_moved": moved,
         "model": model_name,
         "version": str(version.version),
         "run_id": run.info.run_id,
@@ -308,6 +311,30 @@ def register_candidate(
         "run_url": trained.get("run_url") or tracking.run_url(run.info.run_id, run.info.experiment_id, uri),
         "version_url": tracking.model_version_url(model_name, version.version, uri),
     }
+
+
+def _move_challenger_forward(client, model_name: str, version: str, window_end: str | None) -> bool:
+    """Point alias ``challenger`` at ``version`` unless it already names a model of newer data.
+
+    Asset-triggered trainings of several dataset versions may finish out of order (a backfill):
+    the challenger stays the model of the newest data window.
+    """
+    import mlflow
+
+    try:
+        current = client.get_model_version_by_alias(model_name, CHALLENGER)
+    except mlflow.exceptions.MlflowException:
+        current = None
+    if current is not None and str(current.version) != str(version):
+        current_end = current.tags.get(tracking.TAG_WINDOW_END) or ""
+        if window_end and current_end > window_end:
+            log.info(
+                "alias %s stays on v%s (data to %s): v%s holds older data (to %s)",
+                CHALLENGER, current.version, current_end, version, window_end,
+            )  # fmt: skip
+            return False
+    client.set_registered_model_alias(model_name, CHALLENGER, version)
+    return True
 
 
 def _wait_ready(client, model_name: str, version: str, timeout_s: float = 120):
