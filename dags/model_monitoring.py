@@ -161,6 +161,7 @@ def model_monitoring():
         trigger_run_id="auto_rollback__{{ data_interval_start | ds }}",
         conf=decided["rollback_conf"],
         skip_when_already_exists=True,
+        fail_when_dag_is_paused=True,  # a paused model_rollback would queue the rollback forever: fail + alarm
         execution_timeout=dt.timedelta(minutes=5),
     )
     branch >> [healthy, trigger_retraining, trigger_rollback, alarm_only]

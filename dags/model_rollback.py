@@ -34,6 +34,9 @@ MODEL = get_pipeline_config().training.model_name
     start_date=pendulum.datetime(2013, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    # Unpaused from the start: it only runs when triggered (by on-call or by monitoring), and a
+    # paused DAG would leave monitoring's automatic rollback queued forever.
+    is_paused_upon_creation=False,
     default_args=DEFAULT_ARGS,
     deadline=run_deadline(hours=1),
     tags=["mlpipeline", "deployment", "on-call"],

@@ -204,6 +204,8 @@ def bad_deployment(api: AirflowApi, lake: Lake, settings: Settings, cfg: Pipelin
     last = settings.demo_last_version + TRAFFIC_DAYS
     if lake.exists(f"monitoring/{model}/dt={last.isoformat()}/record.json"):
         return ["    shown by an earlier demo run:", *_record_lines(lake, model, last)]
+    api.wait_for_dag("model_rollback")
+    api.set_paused("model_rollback", False)  # created unpaused; an older stack's DB may hold it paused
     tracking.connect()
     client = mlflow.MlflowClient()
     good = registry.current_champion(client, model)

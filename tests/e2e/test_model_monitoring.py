@@ -197,6 +197,11 @@ def test_bad_deployment_is_rolled_back_automatically(env):
     assert triggered[0][1]["target_version"] == good
     assert "ROC AUC" in triggered[0][1]["reason"] or "log loss" in triggered[0][1]["reason"]
 
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:  # unpaused from creation: the scheduler would run it at once
+        assert session.get(DagModel, "model_rollback").is_paused is False
     # The triggered model_rollback run (run here with the same conf) restores the champion.
     bag = load_dag("model_rollback")
     rollback = bag.dags["model_rollback"].test(run_conf=triggered[0][1])
