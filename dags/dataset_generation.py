@@ -29,7 +29,7 @@ import datetime as dt
 import sys
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import CronDataIntervalTimetable, dag, task
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 from mlpipeline_airflow.sensors import LakePartitionsSensor
 
 from mlpipeline.assets import TRAINING_DATASET
@@ -41,11 +41,22 @@ from mlpipeline.pipeline_config import get_pipeline_config
 DATASET = get_pipeline_config().dataset
 
 
+def _version_day(context) -> dt.date:
+    """The version this run builds: param ``version_day`` (a triggered retrain) or the interval's day."""
+    wanted = ((context.get("params") or {}).get("version_day") or "").strip()
+    if not wanted:
+        return context["data_interval_start"].date()
+    try:
+        return dt.date.fromisoformat(wanted)
+    except ValueError:
+        raise ValueError(f"param version_day={wanted!r} is not a date (YYYY-MM-DD)") from None
+
+
 def _window_partitions(context) -> list[str]:
     from mlpipeline.data.generation import required_partitions, training_window
     from mlpipeline.pipeline_config import get_pipeline_config
 
-    day = context["data_interval_start"].date()
+    day = _version_day(context)
     start, end = training_window(day, get_pipeline_config(), get_settings())
     return required_partitions(start, end)
 
@@ -54,7 +65,7 @@ def _record_missing(context, reason: str) -> None:
     from mlpipeline.data.datasets import quarantine
     from mlpipeline.lake import Lake
 
-    quarantine(Lake.from_settings(), DATASET.name, context["data_interval_start"].date(), reason)
+    quarantine(Lake.from_settings(), DATASET.name, _version_day(context), reason)
 
 
 @dag(
@@ -68,6 +79,15 @@ def _record_missing(context, reason: str) -> None:
     deadline=run_deadline(hours=8),
     tags=["mlpipeline", "datasets", "spark"],
     doc_md=__doc__,
+    params={
+        "version_day": Param(
+            "",
+            type="string",
+            pattern=r"^(\d{4}-\d{2}-\d{2})?$",
+            title="Version day",
+            description="YYYY-MM-DD to build that version (a triggered retrain); empty = the run's data interval",
+        ),
+    },
 )
 def dataset_generation():
     wait_for_raw = LakePartitionsSensor(
@@ -80,14 +100,16 @@ def dataset_generation():
     )
 
     @task
-    def prepare(data_interval_start=None) -> dict:
+    def prepare() -> dict:
         """Stage the window's raw inputs and check them before Spark starts."""
+        from airflow.sdk import get_current_context
+
         from mlpipeline.data import generation
         from mlpipeline.pipeline_config import get_pipeline_config
 
         cfg = get_pipeline_config()
-        day = data_interval_start.date()
-        with fail_without_retry(generation.BadInputError, generation.WindowError):
+        with fail_without_retry(generation.BadInputError, generation.WindowError, ValueError):
+            day = _version_day(get_current_context())
             start, end = generation.training_window(day, cfg, get_settings())
             plan = generation.prepare("training", cfg.dataset.name, day.isoformat(), start, end)
         return plan.as_dict() | {"job_args": plan.job_args()}

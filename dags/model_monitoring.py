@@ -23,8 +23,9 @@ fast and healthy, and does it serve what the registry says?** Then one decision.
   `monitoring/<model>/dt=D/record.json` and the MLflow run; raises the alarms) →
   `choose_action` (branch) → one of:
   * `healthy`: nothing to do;
-  * `trigger_retraining`: inputs drifted → `dataset_generation` for D (run id
-    `retrain__D`), whose `training_dataset` asset event trains a new challenger;
+  * `trigger_retraining`: inputs drifted → `dataset_generation` with `conf`
+    `{"version_day": D}` (run id `retrain__D`), whose `training_dataset` asset event trains
+    a new challenger;
   * `trigger_rollback`: the champion breached quality/engineering within
     `rollback_window_days` of its promotion → `model_rollback` with `conf` naming the previous
     champion and the reason (run id `auto_rollback__D`);
@@ -150,6 +151,8 @@ def model_monitoring():
         task_id="trigger_retraining",
         trigger_dag_id="dataset_generation",
         trigger_run_id="retrain__{{ data_interval_start | ds }}",
+        # Inside dataset_generation's [start_date, end_date] (a run dated after end_date gets no
+        # task instances); the version itself comes from conf["version_day"].
         logical_date="{{ data_interval_end }}",
         conf=decided["retrain_conf"],
         skip_when_already_exists=True,

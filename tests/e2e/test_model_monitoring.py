@@ -255,10 +255,13 @@ def test_drift_triggers_retraining_and_a_new_challenger(env):
     triggered = [r for r in triggered_runs("dataset_generation") if r[0] == "retrain__2013-07-15"]
     assert triggered
     assert triggered[0][1]["requested_by"] == "model_monitoring"
+    assert triggered[0][1]["version_day"] == "2013-07-15"
 
     # The triggered run builds the dataset for the newest day; its asset event starts training.
     bag = load_dag("dataset_generation")
-    built = bag.dags["dataset_generation"].test(logical_date=pendulum.datetime(2013, 7, 16, tz="UTC"))
+    logical_date = pendulum.instance(triggered[0][2])  # as triggered: conf and logical date
+    built = bag.dags["dataset_generation"].test(run_conf=triggered[0][1], logical_date=logical_date)
+    assert {ti.task_id: str(ti.state) for ti in built.get_task_instances()}["publish"] == "success"
     assert built.state == "success"
     trained = bag.dags["model_training"].test(run_conf={"dataset_version": day.isoformat()})
     assert trained.state == "success"

@@ -471,6 +471,7 @@ def rollback_conf(decided: dict[str, Any], day: str) -> dict[str, Any]:
 
 def retrain_conf(decided: dict[str, Any], day: str) -> dict[str, Any]:
     return {
+        "version_day": day,  # dataset_generation builds this version (not the trigger time's)
         "requested_by": "model_monitoring",
         "reason": f"drift on {day}: {'; '.join(decided['reasons'])}"[:1000],
     }
