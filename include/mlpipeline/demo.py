@@ -290,10 +290,10 @@ class _Watchdog(threading.Thread):
     def __init__(self, settings: Settings) -> None:
         super().__init__(name="stack-watchdog", daemon=True)
         self.settings = settings
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(5):
+        while not self._halt.wait(5):
             try:
                 for name in stack.revive(self.settings):
                     print(f"  (watchdog: {name} had exited; restarted it)", flush=True)
@@ -301,7 +301,7 @@ class _Watchdog(threading.Thread):
                 print(f"  (watchdog: {type(err).__name__}: {err})", flush=True)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=10)
 
 
