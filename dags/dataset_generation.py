@@ -43,7 +43,7 @@ DATASET = get_pipeline_config().dataset
 
 def _version_day(context) -> dt.date:
     """The version this run builds: param ``version_day`` (a triggered retrain) or the interval's day."""
-    wanted = ((context.get("params") or {}).get("version_day") or "").strip()
+    wanted = str((context.get("params") or {}).get("version_day") or "").strip()
     if not wanted:
         return context["data_interval_start"].date()
     try:
@@ -81,11 +81,13 @@ def _record_missing(context, reason: str) -> None:
     doc_md=__doc__,
     params={
         "version_day": Param(
-            "",
-            type="string",
-            pattern=r"^(\d{4}-\d{2}-\d{2})?$",
+            None,
+            type=["null", "string"],
+            format="date",
             title="Version day",
-            description="YYYY-MM-DD to build that version (a triggered retrain); empty = the run's data interval",
+            description="Leave empty for a normal run or a backfill: each run builds the version of its own "
+            "data interval. A date (YYYY-MM-DD) builds that day's version instead (what monitoring's "
+            "retrain trigger does).",
         ),
     },
 )

@@ -4,7 +4,8 @@
 Builds the **frozen evaluation set** that every challenger and champion is compared on.
 
 * **Schedule**: manual (*Trigger* with the form): `start` and `end` (the days it covers),
-  `sample_size` (rows kept, a seeded deterministic sample), `version` (a new name).
+  `sample_size` (rows kept, a seeded deterministic sample), `version` (a new name; empty: the
+  next free one, `v1`, `v2`, …).
 * **Flow**: `check_version` (refuses a version that already exists, before any work) →
   `wait_for_raw` → `prepare` → `build_dataset` (the same Spark job as training datasets) →
   `quality_gate` (the same suite) → `publish` (`golden/<name>/<version>/` with a manifest
@@ -56,31 +57,54 @@ def _golden_partitions(context) -> list[str]:
     tags=["mlpipeline", "datasets", "golden", "spark"],
     doc_md=__doc__,
     params={
-        "start": Param(GOLDEN.default_start.isoformat(), type="string", format="date", title="First day"),
-        "end": Param(GOLDEN.default_end.isoformat(), type="string", format="date", title="Last day"),
-        "sample_size": Param(GOLDEN.default_sample_size, type="integer", minimum=100, title="Rows kept"),
+        "start": Param(
+            GOLDEN.default_start.isoformat(),
+            type="string",
+            format="date",
+            title="First day",
+            description="First day the golden set covers (landed raw days). Training windows may not overlap it.",
+        ),
+        "end": Param(
+            GOLDEN.default_end.isoformat(),
+            type="string",
+            format="date",
+            title="Last day",
+            description="Last day the golden set covers (inclusive).",
+        ),
+        "sample_size": Param(
+            GOLDEN.default_sample_size,
+            type="integer",
+            minimum=100,
+            title="Rows kept",
+            description="Rows kept, a seeded deterministic sample of the range.",
+        ),
         "version": Param(
-            GOLDEN.default_version, type="string", pattern=r"^[A-Za-z0-9._-]+$", title="New version name"
+            None,
+            type=["null", "string"],
+            pattern=r"^[A-Za-z0-9._-]+$",
+            title="New version name",
+            description="Empty: the next free name (v1, v2, …). An existing version is refused: golden sets are frozen.",
         ),
     },
 )
 def golden_dataset():
     @task
     def check_version(params=None) -> str:
-        """Refuse an existing version before any work (golden sets are frozen)."""
+        """Refuse an existing version before any work (golden sets are frozen); empty: the next free one."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from mlpipeline.data.datasets import golden_dir
+        from mlpipeline.data.datasets import golden_dir, next_golden_version
         from mlpipeline.lake import Lake
 
         lake = Lake.from_settings()
-        directory = golden_dir(GOLDEN.name, params["version"])
+        version = (params.get("version") or "").strip() or next_golden_version(lake, GOLDEN.name)
+        directory = golden_dir(GOLDEN.name, version)
         if lake.is_committed(directory):
             raise AirflowFailException(
-                f"golden version {GOLDEN.name}/{params['version']} already exists at {lake.uri(directory)}; "
-                "golden sets are frozen: choose a new version name"
+                f"golden version {GOLDEN.name}/{version} already exists at {lake.uri(directory)}; "
+                "golden sets are frozen: choose a new version name (or leave it empty for the next free one)"
             )
-        return params["version"]
+        return version
 
     wait_for_raw = LakePartitionsSensor(
         task_id="wait_for_raw",
@@ -91,7 +115,7 @@ def golden_dataset():
     )
 
     @task
-    def prepare(params=None) -> dict:
+    def prepare(version: str, params=None) -> dict:
         """Stage the range's raw inputs and check them before Spark starts."""
         from mlpipeline.data import generation
 
@@ -99,20 +123,21 @@ def golden_dataset():
             plan = generation.prepare(
                 "golden",
                 GOLDEN.name,
-                params["version"],
+                version,
                 dt.date.fromisoformat(params["start"]),
                 dt.date.fromisoformat(params["end"]),
             )
         return plan.as_dict() | {"job_args": plan.job_args()}
 
-    plan = prepare()
+    version = check_version()
+    plan = prepare(version)
 
     build_dataset = SparkSubmitOperator(
         task_id="build_dataset",
         application=str(JOB_SCRIPT),
         application_args=plan["job_args"],
         conn_id=get_settings().spark_conn_id,
-        name="build_golden_{{ params.version }}",
+        name="build_golden_{{ ti.xcom_pull(task_ids='check_version') }}",
         conf={"spark.pyspark.python": sys.executable, "spark.ui.showConsoleProgress": "false"},
         execution_timeout=dt.timedelta(hours=1),
     )
@@ -141,7 +166,7 @@ def golden_dataset():
         return extra
 
     gate = quality_gate(plan)
-    check_version() >> wait_for_raw >> plan >> build_dataset >> gate
+    version >> wait_for_raw >> plan >> build_dataset >> gate
     publish(plan, gate)
 
 

@@ -43,10 +43,25 @@ MODEL = get_pipeline_config().training.model_name
     doc_md=__doc__,
     params={
         "target_version": Param(
-            "", type="string", title="Target version", description="Empty: the previous champion"
+            None,
+            type=["null", "string"],
+            pattern=r"^[0-9]+$",
+            title="Target version",
+            description="Registered version number to serve, e.g. 3. Empty: the champion before the current "
+            "one (from the audit trail). Refused unless it was champion before or passed evaluation.",
         ),
-        "reason": Param(type="string", minLength=3, title="Reason", description="What went wrong, who asked"),
-        "dry_run": Param(False, type="boolean", title="Dry run"),
+        "reason": Param(
+            type="string",
+            minLength=3,
+            title="Reason",
+            description="Required: what went wrong and who asked (written to the audit trail).",
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Validate the target and say what would happen; production is not changed.",
+        ),
     },
 )
 def model_rollback():
@@ -69,7 +84,7 @@ def model_rollback():
             result = steps.rollback(
                 target,
                 reason=params["reason"],
-                actor=steps.settings_actor(dag_run.dag_id, dag_run.run_id),
+                actor=steps.settings_actor(dag_run.dag_id, dag_run.run_id, dag_run.triggering_user_name),
                 dry_run=bool(params.get("dry_run")),
             )
         if not target["noop"] and not params.get("dry_run"):

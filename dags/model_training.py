@@ -5,9 +5,10 @@ Trains a **challenger**: when a dataset version is published, finds good XGBoost
 hyperparameters within a fixed budget, trains the final model and registers it in MLflow.
 
 * **Schedule**: Asset `training_dataset` (one run per published version; the version comes
-  from the triggering asset event, never from "the newest folder"). Manual retrain: trigger
-  with conf `{"dataset_version": "2013-02-01"}` (optionally `"n_trials": 30`).
-  `max_active_runs=1`.
+  from the triggering asset event, never from "the newest folder"). Manual retrain: *Trigger*
+  and fill the form — `dataset_version` (empty: the newest published version) and `n_trials`
+  (empty: the budget in `pipeline.yaml`); REST/CLI conf `{"dataset_version": "2013-02-01",
+  "n_trials": 30}`. `max_active_runs=1`.
 * **Flow**: `check_dataset` (published, manifest and `_SUCCESS` present, window does not
   overlap the golden set) → `train_model` (Optuna TPE search, seeded, trials and wall time
   from `include/config/pipeline.yaml`; each trial a nested MLflow run with pruning and early
@@ -26,7 +27,7 @@ hyperparameters within a fixed budget, trains the final model and registers it i
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context, task
 from mlpipeline_airflow.links import MLFLOW_RUN_URL_KEY, push_link
 
 from mlpipeline.assets import MODEL_CANDIDATE, TRAINING_DATASET
@@ -43,21 +44,41 @@ from mlpipeline.dag_defaults import DEFAULT_ARGS, fail_without_retry, run_deadli
     deadline=run_deadline(hours=2),
     tags=["mlpipeline", "training", "mlflow"],
     doc_md=__doc__,
+    params={
+        "dataset_version": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="Dataset version",
+            description="The published dataset version to train on (YYYY-MM-DD). Empty: the version the "
+            "triggering asset event announced, or for a manual run the newest published version.",
+        ),
+        "n_trials": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=500,
+            title="Search trials",
+            description="Optuna trials for this run. Empty: the budget in include/config/pipeline.yaml.",
+        ),
+    },
 )
 def model_training():
     @task
-    def check_dataset(triggering_asset_events=None, dag_run=None) -> dict:
+    def check_dataset(triggering_asset_events=None, params=None, dag_run=None) -> dict:
         """Which dataset version, and may it be trained on."""
         from mlpipeline.training import pipeline
 
         with fail_without_retry(pipeline.TrainingInputError):
-            version = pipeline.requested_version(triggering_asset_events, dag_run.conf)
+            version = pipeline.requested_version(
+                triggering_asset_events, params, manual=dag_run.run_type == "manual"
+            )
             manifest = pipeline.check_dataset(version)
         return {
             "version": version,
             "window": manifest["window"],
             "content_hash": manifest["content_hash"],
-            "n_trials": (dag_run.conf or {}).get("n_trials"),
+            "n_trials": params.get("n_trials"),
         }
 
     @task

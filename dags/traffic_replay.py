@@ -61,10 +61,20 @@ from mlpipeline.serving.replay import REPLAY_BATCH_SIZE, REPLAY_RATE_PER_S
     doc_md=__doc__,
     params={
         "rate_per_s": Param(
-            REPLAY_RATE_PER_S, type="number", exclusiveMinimum=0, maximum=1000, title="Rows per second"
+            REPLAY_RATE_PER_S,
+            type="number",
+            exclusiveMinimum=0,
+            maximum=1000,
+            title="Rows per second",
+            description="How fast the day's flights are sent to the model server (a bounded load).",
         ),
         "batch_size": Param(
-            REPLAY_BATCH_SIZE, type="integer", minimum=1, maximum=1000, title="Rows per request"
+            REPLAY_BATCH_SIZE,
+            type="integer",
+            minimum=1,
+            maximum=1000,
+            title="Rows per request",
+            description="Rows in each POST /predict request.",
         ),
     },
 )

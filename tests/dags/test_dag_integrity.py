@@ -26,7 +26,7 @@ EXPECTED_TASKS = {
         "publish",
     },
     "model_training": {"check_dataset", "train_model", "register_challenger"},
-    "model_deployment": {"evaluate", "decide", "promote", "reject"},
+    "model_deployment": {"evaluate", "decide", "approve", "promote", "reject"},
     "model_rollback": {"validate_target", "roll_back"},
     "traffic_replay": {"replay_traffic", "land_delayed_labels"},
     "model_monitoring": {

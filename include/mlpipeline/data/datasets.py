@@ -170,6 +170,12 @@ def current_golden(lake: Lake, name: str) -> GoldenInfo | None:
     return versions[-1] if versions else None
 
 
+def next_golden_version(lake: Lake, name: str) -> str:
+    """The next free version name ``v<N+1>``, N the highest ``v<number>`` in the lake (any state)."""
+    numbers = [int(v[1:]) for v in lake.list_dirs(f"golden/{name}") if v[:1] == "v" and v[1:].isdigit()]
+    return f"v{max(numbers, default=0) + 1}"
+
+
 def sample_golden(frame: pd.DataFrame, sample_size: int, seed: int) -> pd.DataFrame:
     """A deterministic sample: the rows with the smallest seeded hash of their key, sorted by key."""
     import pandas as pd

@@ -52,6 +52,44 @@ def golden_request_rows(frame, spec, limit: int) -> list[dict[str, Any]]:
     return rows
 
 
+def requested_candidate(
+    model: str,
+    triggering_events: dict | None,
+    version: str | None,
+    conf_candidate: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Which registered version this deployment run judges.
+
+    The form's ``challenger_version`` (or REST conf ``candidate``) wins; otherwise the newest
+    version the triggering ``model_candidate`` events announced; otherwise (a manual run with
+    the field empty) the version behind alias ``challenger``. An unknown version is refused here,
+    before any evaluation work.
+    """
+    import mlflow
+
+    if conf_candidate and conf_candidate.get("version"):
+        model, version = conf_candidate.get("model", model), str(conf_candidate["version"])
+    if not version:
+        events = [e for evs in (triggering_events or {}).values() for e in evs]
+        announced = [e.extra for e in events if getattr(e, "extra", None) and e.extra.get("version")]
+        if announced:
+            return max(announced, key=lambda x: int(x["version"]))
+    tracking.connect()
+    client = mlflow.MlflowClient()
+    if not version:
+        try:
+            version = client.get_model_version_by_alias(model, registry.CHALLENGER).version
+        except mlflow.exceptions.MlflowException:
+            raise DeploymentInputError(
+                f"no challenger_version given and {model} has no alias challenger: train a model first"
+            ) from None
+    try:
+        client.get_model_version(model, str(version))
+    except mlflow.exceptions.MlflowException:
+        raise DeploymentInputError(f"challenger {model} v{version} is not a registered version") from None
+    return {"model": model, "version": str(version)}
+
+
 def evaluate_candidate(
     candidate: dict[str, Any], cfg: PipelineConfig | None = None, lake: Lake | None = None
 ) -> dict[str, Any]:
@@ -397,5 +435,6 @@ def rollback(
     return {**target, **moved, "result": f"champion rolled back v{target['current']} -> v{target['target']}"}
 
 
-def settings_actor(dag_id: str, run_id: str) -> str:
-    return f"airflow:{dag_id}/{run_id}"
+def settings_actor(dag_id: str, run_id: str, user: str | None = None) -> str:
+    """Who moved production, for the audit trail: the DAG run and, when a person acted, who."""
+    return f"airflow:{dag_id}/{run_id}" + (f" by {user}" if user else "")

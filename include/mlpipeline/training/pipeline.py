@@ -32,27 +32,41 @@ class DatasetRefusedError(TrainingInputError):
 # --------------------------------------------------------------------------------------
 # Which dataset
 # --------------------------------------------------------------------------------------
-def requested_version(triggering_events: dict | None, conf: dict | None) -> str:
-    """The dataset version of this run: ``conf["dataset_version"]`` or the triggering asset event.
+def requested_version(
+    triggering_events: dict | None, params: dict | None, lake: Lake | None = None, manual: bool = False
+) -> str:
+    """The dataset version of this run: param/conf ``dataset_version`` or the triggering asset event.
 
-    Never "the newest folder": a run without either is refused.
+    An asset-triggered run never falls back to "the newest folder": without a version in its
+    events it is refused. A manual run (the UI form) with the field left empty trains the newest
+    published version, and says so in the log.
     """
-    conf = conf or {}
-    if conf.get("dataset_version"):
-        return str(conf["dataset_version"])
+    params = params or {}
+    if params.get("dataset_version"):
+        return str(params["dataset_version"]).strip()
     events = []
     for asset_events in (triggering_events or {}).values():
         events.extend(asset_events)
     versions = [
         e.extra.get("version") for e in events if getattr(e, "extra", None) and e.extra.get("version")
     ]
-    if not versions:
-        raise DatasetRefusedError(
-            "no dataset version: trigger with conf {'dataset_version': 'YYYY-MM-DD'} or from a "
-            "training_dataset asset event"
-        )
-    # Several events queued into one run: train on the newest data they announced.
-    return max(versions)
+    if versions:
+        # Several events queued into one run: train on the newest data they announced.
+        return max(versions)
+    if manual:
+        lake = lake or Lake.from_settings()
+        name = get_pipeline_config().dataset.name
+        published = lake.committed_partitions(f"datasets/{name}", key="ds")
+        if not published:
+            raise DatasetRefusedError(
+                f"no published version of dataset {name}: run dataset_generation first, or name a version"
+            )
+        log.info("no dataset_version given: training the newest published version %s", published[-1])
+        return published[-1]
+    raise DatasetRefusedError(
+        "no dataset version: trigger with param dataset_version (YYYY-MM-DD) or from a "
+        "training_dataset asset event"
+    )
 
 
 def check_dataset(
