@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CLI := $(PY) -m mlpipeline
 
-.PHONY: setup demo up down status logs test lint test-sqlite test-postgres bench lock clean
+.PHONY: setup demo up down status logs test lint test-sqlite test-postgres bench lock clean screenshots
 
 setup:
 	@scripts/bootstrap.sh
@@ -34,6 +34,11 @@ lint: setup
 test: setup lint
 	$(PY) -m pytest
 	$(PY) -m pytest -m metadata --metadata-db=postgres
+
+# The runbook's pictures (docs/RUNBOOK.md): the browser tests on a fresh demo stack write their
+# screenshots to docs/screenshots; commit them when they change.
+screenshots: setup
+	UI_SCREENSHOTS=$(CURDIR)/docs/screenshots $(PY) -m pytest tests/e2e/test_stack_demo.py tests/ui
 
 bench: setup
 	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done

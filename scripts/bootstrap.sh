@@ -16,6 +16,23 @@ version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 [ "$version" = "3.11" ] || { echo "error: $PYTHON is Python $version; this project needs 3.11 (set PYTHON=…)" >&2; exit 1; }
 command -v java >/dev/null 2>&1 || echo "warning: java not found; Spark jobs need Java 17" >&2
 
+# The browser tests drive Debian's Chromium (Playwright's own browser download cannot work
+# offline). Installed here when this runs as root with apt (CI, the dev machines); elsewhere
+# say how. MLP_CHROMIUM may point at another Chromium/Chrome binary.
+if [ -z "${MLP_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "Installing Debian's chromium for the browser tests…"
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 &&
+        apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; }; } ||
+      echo "warning: apt-get could not install chromium; the browser tests will fail" >&2
+  else
+    echo "warning: chromium not found; the browser tests need it: sudo apt-get install chromium" \
+      "(or set MLP_CHROMIUM=/path/to/chromium)" >&2
+  fi
+fi
+
 stamp_value=$(cat requirements-lock.txt requirements-dev-lock.txt scripts/bootstrap.sh | sha256sum | cut -c1-16)
 stamp_file=$VENV/.mlpipeline-installed
 if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp_value" ] && [ -x $VENV/bin/airflow ]; then

@@ -26,6 +26,9 @@ sys.path.insert(0, str(ROOT / "plugins"))  # Airflow puts the plugins folder on 
 
 _SESSION: dict[str, object] = {}
 
+from ports import free_port  # noqa: E402
+from stack_fixtures import demo_stack  # noqa: E402, F401  (the shared running stack, a session fixture)
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
@@ -34,12 +37,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="sqlite",
         help="Airflow metadata database for the tests marked 'metadata'",
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _postgres_admin_url() -> str:
@@ -129,6 +126,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if config.getoption("--metadata-db") == "postgres":
         # The PostgreSQL pass only re-runs what touches the metadata DB.
         items[:] = [item for item in items if item.get_closest_marker("metadata")]
+    # The tests on the shared running stack go last (in file order): the stack starts once, and
+    # its session-scoped fixture stops it right after them, at the end of the session.
+    items[:] = [i for i in items if not i.get_closest_marker("stack")] + [
+        i for i in items if i.get_closest_marker("stack")
+    ]
 
 
 def session_dir_path() -> Path:
