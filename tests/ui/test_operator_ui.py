@@ -141,7 +141,19 @@ def test_backfill_two_days_from_the_trigger_dialog(ui, api, demo_stack: DemoStac
 
 def test_approve_one_promotion_and_reject_another(ui, api, demo_stack: DemoStack):
     """The backfill's challengers wait on the Required Actions page: approve, then reject."""
+    import mlflow
+
     champion_before = _champion(demo_stack)
+    mlflow.set_tracking_uri(demo_stack.mlflow_url)
+    client = mlflow.MlflowClient()
+    _wait(
+        "a challenger trained on a backfilled version",
+        lambda: [
+            v
+            for v in client.search_model_versions(f"name='{MODEL}'")
+            if v.tags.get("dataset_version") in BACKFILL_DAYS
+        ],
+    )
 
     def settled_or_waiting():
         waiting = _awaiting_approval(api)
@@ -172,33 +184,26 @@ def test_approve_one_promotion_and_reject_another(ui, api, demo_stack: DemoStack
         )
     assert "Approve" in decisions.values(), "no promotion reached the approval form"
 
-    if "Reject" not in decisions.values():
-        # Only one challenger came out of the backfill: re-judge the drift challenger from the
-        # deployment form (challenger_version) and reject that one.
-        import mlflow
-
-        mlflow.set_tracking_uri(demo_stack.mlflow_url)
-        client = mlflow.MlflowClient()
-        versions = client.search_model_versions(f"name='{MODEL}'")
-        july = max(
-            (v for v in versions if v.tags.get("dataset_version", "").startswith("2013-07")),
-            key=lambda v: int(v.version),
-        )
-        before = {r["dag_run_id"] for r in _runs(api, "model_deployment")}
-        ui.open_trigger_form("model_deployment")
-        ui.fill_param("challenger_version", july.version)
-        ui.submit(shot="trigger-model-deployment")
-        run_id = _newest_manual_run(api, "model_deployment", before)
-        _wait("the re-judged challenger to wait for approval", lambda: run_id in _awaiting_approval(api))
-        ui.respond_to_required_action("model_deployment", run_id, "Reject", shot="approval-reject")
-        decisions[july.version] = "Reject"
-        assert (
-            _wait("the rejected run to finish", lambda: _finished(api, "model_deployment", run_id))
-            == "success"
-        )
+    # Re-judge the drift challenger from the deployment form (challenger_version) and reject it.
+    versions = client.search_model_versions(f"name='{MODEL}'")
+    july = max(
+        (v for v in versions if v.tags.get("dataset_version", "").startswith("2013-07")),
+        key=lambda v: int(v.version),
+    )
+    before = {r["dag_run_id"] for r in _runs(api, "model_deployment")}
+    ui.open_trigger_form("model_deployment")
+    ui.fill_param("challenger_version", july.version)
+    ui.submit(shot="trigger-model-deployment")
+    run_id = _newest_manual_run(api, "model_deployment", before)
+    _wait("the re-judged challenger to wait for approval", lambda: run_id in _awaiting_approval(api))
+    ui.respond_to_required_action("model_deployment", run_id, "Reject", shot="approval-reject")
+    decisions[july.version] = "Reject"
+    assert (
+        _wait("the rejected run to finish", lambda: _finished(api, "model_deployment", run_id)) == "success"
+    )
 
     approved = next(v for v, o in decisions.items() if o == "Approve")
-    rejected = next(v for v, o in decisions.items() if o == "Reject")
+    rejected = july.version
     history = _history(demo_stack)
     promote = next(h for h in reversed(history) if h["action"] == "promote" and h["to_version"] == approved)
     assert promote["actor"].endswith(" by admin"), promote
