@@ -78,7 +78,7 @@ def _drop_postgres_db(name: str) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     from mlpipeline.config import load_settings
-    from mlpipeline.stack import airflow_environment
+    from mlpipeline.local.stack import airflow_environment
 
     base = Path(tempfile.mkdtemp(prefix="mlp-tests-"))
     _SESSION["base"] = base
@@ -152,7 +152,7 @@ def airflow_db() -> str:
         check=False,
     )
     assert result.returncode == 0, f"airflow db migrate failed:\n{result.stdout}\n{result.stderr}"
-    from mlpipeline.stack import ensure_pools
+    from mlpipeline.local.stack import ensure_pools
 
     ensure_pools(os.environ.copy(), session_dir_path() / "pools.log")
     return os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]

@@ -25,8 +25,8 @@ from training_helpers import TRAIN_VERSION, build_lake
 from mlpipeline.config import PROJECT_ROOT
 from mlpipeline.data.landing import land_range
 from mlpipeline.deployment import registry, steps
-from mlpipeline.monitoring import alarms, scenarios
-from mlpipeline.serving import replay
+from mlpipeline.local import replay, scenarios
+from mlpipeline.monitoring import alarms
 from mlpipeline.training import pipeline, tracking
 
 pytestmark = pytest.mark.spark

@@ -126,6 +126,6 @@ def _failed_task_logs(state: Path) -> str:
 
 
 def _group_alive(pgid: int) -> bool:
-    from mlpipeline.stack import _group_alive
+    from mlpipeline.local.stack import _group_alive
 
     return _group_alive(pgid)

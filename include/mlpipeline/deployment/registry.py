@@ -96,12 +96,9 @@ def reload_server(settings: Settings, version: str, timeout_s: float = 60) -> di
     """Ask the model server to load ``version`` and wait until ``/health`` reports it."""
     import httpx
 
-    from mlpipeline.stack import StackPaths, load_or_create_secrets
+    from mlpipeline.secrets import serving_admin_token
 
-    token = (
-        settings.serving_admin_token
-        or load_or_create_secrets(StackPaths(settings.state_dir), settings)["serving_admin_token"]
-    )
+    token = serving_admin_token(settings)
     url = settings.serving_url
     try:
         response = httpx.post(

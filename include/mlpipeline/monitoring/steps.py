@@ -22,6 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlpipeline import locations
 from mlpipeline.config import get_settings
 from mlpipeline.lake import Lake
 from mlpipeline.monitoring import alarms as alarm_channels
@@ -80,9 +81,7 @@ def read_window(lake: Lake, day: dt.date | str, days: int) -> pd.DataFrame:
 
 
 def read_labels(lake: Lake, day: dt.date | str) -> pd.DataFrame | None:
-    from mlpipeline.serving.replay import labels_dir
-
-    directory = labels_dir(dt.date.fromisoformat(_iso(day)))
+    directory = locations.labels_dir(dt.date.fromisoformat(_iso(day)))
     if not lake.is_committed(directory):
         return None
     return lake.read_frame(directory)
@@ -297,12 +296,12 @@ def run_drift_check(
 
 def _served_features(lake: Lake, model: str, version: str, reference) -> tuple[list[str], list[str]]:
     """Feature names and categorical ones of the served version (its export, else the reference)."""
-    from mlpipeline.serving.replay import ReplayError, served_spec
+    from mlpipeline.serving.location import ServedSpecError, served_spec
 
     try:
         spec = served_spec(lake, model, version)
         return list(spec.features), [f for f in spec.features if spec.is_categorical(f)]
-    except ReplayError as err:
+    except ServedSpecError as err:
         log.warning("%s; taking the features from the reference sample", err)
     features = [c for c in reference.columns if c not in ("prediction", "is_delayed", "flight_date")]
     categorical = [c for c in features if not _is_numeric(reference[c])]

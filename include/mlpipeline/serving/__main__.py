@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from mlpipeline.config import PROJECT_ROOT, get_settings
-from mlpipeline.envfile import load_env_file
+from mlpipeline.local.envfile import load_env_file
 
 
 def main() -> None:

@@ -111,16 +111,13 @@ def create_app(settings: Settings | None = None, lake: Lake | None = None, model
     )
 
     from mlpipeline.pipeline_config import get_pipeline_config
-    from mlpipeline.stack import StackPaths, load_or_create_secrets
+    from mlpipeline.secrets import serving_admin_token
 
     settings = settings or get_settings()
     lake = lake or Lake.from_settings(settings)
     model_name = model_name or get_pipeline_config().training.model_name
     state = Path(settings.state_dir)
-    token = (
-        settings.serving_admin_token
-        or load_or_create_secrets(StackPaths(state), settings)["serving_admin_token"]
-    )
+    token = serving_admin_token(settings)
     holder = ModelHolder(model_name, lake, state / "serving" / "cache")
     predictions = PredictionLog(
         lake, state / "serving" / "spool", settings.serving_log_flush_rows, settings.serving_log_flush_s

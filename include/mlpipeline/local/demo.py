@@ -29,12 +29,12 @@ import datetime as dt
 import threading
 import time
 
-from mlpipeline import stack
-from mlpipeline.airflow_api import AirflowApi, AirflowApiError
 from mlpipeline.config import Settings
 from mlpipeline.data import datasets
 from mlpipeline.data.landing import iter_days
 from mlpipeline.lake import Lake
+from mlpipeline.local import stack
+from mlpipeline.local.airflow_api import AirflowApi, AirflowApiError
 from mlpipeline.pipeline_config import PipelineConfig, get_pipeline_config
 
 
@@ -215,7 +215,7 @@ def bad_deployment(api: AirflowApi, lake: Lake, settings: Settings, cfg: Pipelin
     import mlflow
 
     from mlpipeline.deployment import registry, steps
-    from mlpipeline.monitoring import scenarios
+    from mlpipeline.local import scenarios
     from mlpipeline.training import tracking
 
     model = cfg.training.model_name
