@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlpipeline import locations
 from mlpipeline.config import PROJECT_ROOT
 from mlpipeline.lake import Commit, Lake, LakeError
 
@@ -40,16 +41,9 @@ class DatasetError(RuntimeError):
     """A dataset is missing, uncommitted, refused or does not match its manifest."""
 
 
-def dataset_dir(name: str, day: dt.date | str) -> str:
-    return f"datasets/{name}/ds={day if isinstance(day, str) else day.isoformat()}"
-
-
-def golden_dir(name: str, version: str) -> str:
-    return f"golden/{name}/{version}"
-
-
-def quarantine_dir(name: str, day: dt.date | str) -> str:
-    return f"quarantine/{name}/ds={day if isinstance(day, str) else day.isoformat()}"
+dataset_dir = locations.dataset_dir
+golden_dir = locations.golden_dir
+quarantine_dir = locations.quarantine_dir
 
 
 def window_for(day: dt.date, window_days: int) -> tuple[dt.date, dt.date]:
@@ -144,7 +138,7 @@ class GoldenInfo:
 def golden_versions(lake: Lake, name: str) -> list[GoldenInfo]:
     """Every committed golden version of ``name``, oldest commit first."""
     found = []
-    for version in lake.list_dirs(f"golden/{name}"):
+    for version in lake.list_dirs(locations.golden_root(name)):
         directory = golden_dir(name, version)
         if lake.is_committed(directory):
             commit = lake.read_commit(directory)

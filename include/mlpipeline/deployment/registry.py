@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mlpipeline import locations
 from mlpipeline.config import Settings, get_settings
 from mlpipeline.lake import Lake
 from mlpipeline.serving import location
@@ -54,8 +55,7 @@ def current_champion(client, model: str) -> str | None:
         return None
 
 
-def history_path(model: str) -> str:
-    return f"deployments/{model}/history.jsonl"
+history_path = locations.deployment_history
 
 
 def read_history(lake: Lake, model: str) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mlpipeline import locations
 from mlpipeline.data import datasets
 from mlpipeline.deployment import registry
 from mlpipeline.lake import Lake
@@ -231,7 +232,7 @@ def write_report(report: dict[str, Any], run_id: str, lake: Lake) -> dict[str, s
     """Store the report (HTML + JSON) in the lake and on the challenger's MLflow run."""
     import mlflow
 
-    base = f"reports/evaluation/{report['model']}/v{report['challenger_version']}"
+    base = locations.evaluation_report_dir(report["model"], report["challenger_version"])
     page = render_html(report)
     lake.write_bytes(f"{base}/report.html", page.encode())
     lake.write_bytes(f"{base}/report.json", json.dumps(report, indent=2, default=str).encode())

@@ -29,6 +29,7 @@ import datetime as dt
 import threading
 import time
 
+from mlpipeline import locations
 from mlpipeline.config import Settings
 from mlpipeline.data import datasets
 from mlpipeline.data.landing import iter_days
@@ -179,7 +180,7 @@ DRIFT_DAY = dt.date(2013, 7, 15)
 
 
 def _record_lines(lake: Lake, model: str, day: dt.date) -> list[str]:
-    record = lake.read_json(f"monitoring/{model}/dt={day.isoformat()}/record.json")
+    record = lake.read_json(locations.monitoring_record(model, day))
     lines = [f"    {day}: decision {record['decision'].upper()}: {'; '.join(record['reasons'])[:300]}"]
     for finding in record["findings"]:
         lines.append(f"      {finding['check']:<12} {finding['status']:<11} {finding['summary'][:150]}")
@@ -221,7 +222,7 @@ def bad_deployment(api: AirflowApi, lake: Lake, settings: Settings, cfg: Pipelin
     model = cfg.training.model_name
     first = settings.demo_last_version + dt.timedelta(days=4)
     last = settings.demo_last_version + TRAFFIC_DAYS
-    if lake.exists(f"monitoring/{model}/dt={last.isoformat()}/record.json"):
+    if lake.exists(locations.monitoring_record(model, last)):
         return ["    shown by an earlier demo run:", *_record_lines(lake, model, last)]
     api.wait_for_dag("model_rollback")
     api.set_paused("model_rollback", False)  # created unpaused; an older stack's DB may hold it paused
@@ -240,7 +241,7 @@ def bad_deployment(api: AirflowApi, lake: Lake, settings: Settings, cfg: Pipelin
         f"    forced v{bad} (inverted labels; the gate said {evaluated['decision'].upper()}) over v{good}",
         *_record_lines(lake, model, last),
     ]
-    record = lake.read_json(f"monitoring/{model}/dt={last.isoformat()}/record.json")
+    record = lake.read_json(locations.monitoring_record(model, last))
     if record["decision"] == "rollback":
         state = wait_for_run(api, "model_rollback", f"auto_rollback__{last.isoformat()}")
         served = httpx.get(f"{settings.serving_url}/health", timeout=5).json().get("version")
@@ -257,7 +258,7 @@ def drift_retrain(api: AirflowApi, lake: Lake, settings: Settings, cfg: Pipeline
     backfill_and_wait(api, "traffic_replay", day, day)
     backfill_and_wait(api, "model_monitoring", day, day)
     lines = _record_lines(lake, model, day)
-    record = lake.read_json(f"monitoring/{model}/dt={day.isoformat()}/record.json")
+    record = lake.read_json(locations.monitoring_record(model, day))
     if record["decision"] == "retrain":
         state = wait_for_run(api, "dataset_generation", f"retrain__{day.isoformat()}")
         lines.append(f"    dataset_generation retrain__{day} {state}")

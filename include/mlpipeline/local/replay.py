@@ -294,7 +294,7 @@ def replay_traffic(
     features = served_features(lake, str(health["model"]), str(health["version"]))
     rows = request_rows_for_day(lake, day, features)
     if not rows:
-        raise ReplayError(f"raw/flights/dt={day.isoformat()} holds no flights to replay")
+        raise ReplayError(f"{locations.raw_partition('flights', day)} holds no flights to replay")
     result = replay_day(server_url, rows, day, rate_per_s, batch_size, timeout_s)
     if result.failed > max_rejected_share * result.sent:
         raise RowsRejectedError(
@@ -332,7 +332,7 @@ def land_labels(lake: Lake, day: dt.date) -> dict[str, Any]:
     """Publish the labels of ``day`` to ``serving/labels/dt=D/`` atomically (a rerun replaces them)."""
     labels = labels_for_day(lake, day)
     if labels.empty:
-        raise ReplayError(f"raw/flights/dt={day.isoformat()} holds no flights: no labels to land")
+        raise ReplayError(f"{locations.raw_partition('flights', day)} holds no flights: no labels to land")
     keyed = labels[labels["flight_key"].notna()]
     summary = {
         "day": day.isoformat(),

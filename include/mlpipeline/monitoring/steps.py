@@ -52,12 +52,8 @@ TAG_MODEL = "monitored_model"
 TAG_VERSION = "monitored_version"
 
 
-def drift_dir(model: str, day: str) -> str:
-    return f"reports/drift/{model}/dt={day}"
-
-
-def record_path(model: str, day: str) -> str:
-    return f"monitoring/{model}/dt={day}/record.json"
+drift_dir = locations.drift_report_dir
+record_path = locations.monitoring_record
 
 
 def _iso(day: dt.date | str) -> str:
@@ -129,7 +125,7 @@ def golden_metrics(lake: Lake, model: str, versions: list[str]) -> dict[str, dic
     """Golden-set figures of each version, from its evaluation report (when it was evaluated)."""
     out = {}
     for version in versions:
-        path = f"reports/evaluation/{model}/v{version}/report.json"
+        path = locations.evaluation_report_json(model, version)
         if lake.exists(path):
             evaluation = json.loads(lake.read_bytes(path))["evaluation"]["challenger"]
             out[version] = {k: evaluation.get(k) for k in ("roc_auc", "log_loss", "brier", "ece")}

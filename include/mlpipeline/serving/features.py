@@ -61,7 +61,9 @@ def _read_raw(lake: Lake, table: str, day: dt.date, extra: Sequence[str] = ()) -
     columns = job.RAW_COLUMNS[table]
     missing = [c for c in [*columns, *extra] if c not in frame.columns]
     if missing:
-        raise FeatureDerivationError(f"raw/{table}/dt={day.isoformat()} lacks column(s) {', '.join(missing)}")
+        raise FeatureDerivationError(
+            f"{locations.raw_partition(table, day)} lacks column(s) {', '.join(missing)}"
+        )
     out = frame[[*columns, *extra]].copy()
     for column, kind in columns.items():
         if kind == "int":

@@ -18,13 +18,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mlpipeline import locations
 from mlpipeline.lake import Lake, LakeError
 
 POINTER = "CURRENT"
 
 
-def model_root(model: str) -> str:
-    return f"serving/models/{model}"
+model_root = locations.serving_model_root
 
 
 def version_dir(model: str, version: str | int) -> str:
