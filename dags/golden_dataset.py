@@ -7,7 +7,8 @@ Builds the **frozen evaluation set** that every challenger and champion is compa
   `sample_size` (rows kept, a seeded deterministic sample), `version` (a new name).
 * **Flow**: `check_version` (refuses a version that already exists, before any work) →
   `wait_for_raw` → `prepare` → `build_dataset` (the same Spark job as training datasets) →
-  `quality_gate` (the same suite) → `publish` (`golden/<name>/<version>/` with a manifest
+  `quality_gate` (the same suite; these four are the task group `build` of
+  `plugins/mlpipeline_airflow/dataset_build.py`, shared with `dataset_generation`) → `publish` (`golden/<name>/<version>/` with a manifest
   and content hash; never overwritten).
 * **Leakage**: training refuses any dataset whose window overlaps the current golden range;
   every training manifest records the golden version and whether it overlaps.
@@ -19,17 +20,13 @@ Builds the **frozen evaluation set** that every challenger and champion is compa
 from __future__ import annotations
 
 import datetime as dt
-import sys
 
 import pendulum
-from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Param, dag, task
-from mlpipeline_airflow.sensors import LakePartitionsSensor
+from mlpipeline_airflow.dataset_build import DatasetBuild, build_dataset_group, plan_from_xcom
 
 from mlpipeline.assets import GOLDEN_DATASET
-from mlpipeline.config import get_settings
-from mlpipeline.dag_defaults import DEFAULT_ARGS, fail_without_retry, run_deadline
-from mlpipeline.data.datasets import JOB_SCRIPT
+from mlpipeline.dag_defaults import DEFAULT_ARGS, run_deadline
 from mlpipeline.pipeline_config import get_pipeline_config
 
 GOLDEN = get_pipeline_config().golden
@@ -43,6 +40,19 @@ def _golden_partitions(context) -> list[str]:
     if start > end:
         raise ValueError(f"golden range start {start} is after end {end}")
     return required_partitions(start, end)
+
+
+def _plan(context):
+    from mlpipeline.data import generation
+
+    params = context["params"]
+    return generation.prepare(
+        "golden",
+        GOLDEN.name,
+        params["version"],
+        dt.date.fromisoformat(params["start"]),
+        dt.date.fromisoformat(params["end"]),
+    )
 
 
 @dag(
@@ -82,48 +92,17 @@ def golden_dataset():
             )
         return params["version"]
 
-    wait_for_raw = LakePartitionsSensor(
-        task_id="wait_for_raw",
-        directories=_golden_partitions,
-        what="raw partitions",
-        poke_interval=30,
-        timeout=600,
+    group, plan, gate = build_dataset_group(
+        DatasetBuild(
+            partitions=_golden_partitions,
+            plan=_plan,
+            plan_errors=("BadInputError",),
+            spark_name="build_golden_{{ params.version }}",
+            prepare_doc="Stage the range's raw inputs and check them before Spark starts.",
+            gate_doc="The same Great Expectations gate as training datasets.",
+            sensor={"poke_interval": 30, "timeout": 600},
+        )
     )
-
-    @task
-    def prepare(params=None) -> dict:
-        """Stage the range's raw inputs and check them before Spark starts."""
-        from mlpipeline.data import generation
-
-        with fail_without_retry(generation.BadInputError):
-            plan = generation.prepare(
-                "golden",
-                GOLDEN.name,
-                params["version"],
-                dt.date.fromisoformat(params["start"]),
-                dt.date.fromisoformat(params["end"]),
-            )
-        return plan.as_dict() | {"job_args": plan.job_args()}
-
-    plan = prepare()
-
-    build_dataset = SparkSubmitOperator(
-        task_id="build_dataset",
-        application=str(JOB_SCRIPT),
-        application_args=plan["job_args"],
-        conn_id=get_settings().spark_conn_id,
-        name="build_golden_{{ params.version }}",
-        conf={"spark.pyspark.python": sys.executable, "spark.ui.showConsoleProgress": "false"},
-        execution_timeout=dt.timedelta(hours=1),
-    )
-
-    @task
-    def quality_gate(plan: dict) -> dict:
-        """The same Great Expectations gate as training datasets."""
-        from mlpipeline.data import generation
-
-        with fail_without_retry(generation.QualityGateError):
-            return generation.gate(generation.BuildPlan.from_dict(_plan_fields(plan)))
 
     @task(outlets=[GOLDEN_DATASET])
     def publish(plan: dict, quality: dict, params=None, dag_run=None, outlet_events=None) -> dict:
@@ -131,7 +110,7 @@ def golden_dataset():
         from mlpipeline.data import generation
 
         manifest = generation.publish_golden(
-            generation.BuildPlan.from_dict(_plan_fields(plan)),
+            plan_from_xcom(plan),
             quality,
             sample_size=int(params["sample_size"]),
             run={"dag_id": dag_run.dag_id, "run_id": dag_run.run_id},
@@ -140,13 +119,8 @@ def golden_dataset():
         outlet_events[GOLDEN_DATASET].extra = extra
         return extra
 
-    gate = quality_gate(plan)
-    check_version() >> wait_for_raw >> plan >> build_dataset >> gate
+    check_version() >> group
     publish(plan, gate)
-
-
-def _plan_fields(plan: dict) -> dict:
-    return {k: v for k, v in plan.items() if k != "job_args"}
 
 
 golden_dataset()

@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "include"))
@@ -34,12 +35,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="sqlite",
         help="Airflow metadata database for the tests marked 'metadata'",
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _postgres_admin_url() -> str:

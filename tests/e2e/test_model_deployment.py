@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import socket
 from pathlib import Path
 
 import httpx
 import mlflow
 import pytest
+from ports import free_port
 from serving_env import model_server, settings_environ
 from serving_fixtures import CATEGORICAL, FEATURES, real_rows
 
@@ -23,12 +23,6 @@ MODEL = "flight_delay_deploy_test"
 TOKEN = "deploy-test-token"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, mlflow_server, airflow_db):
     """Lake with a real golden set, a pipeline config for MODEL, and the real model server."""
@@ -40,7 +34,7 @@ def env(tmp_path_factory, mlflow_server, airflow_db):
     # The latency budget is loosened here only: a loaded 2-core CI machine must not flip decisions.
     cfg["deployment"].update({"slice_min_rows": 150, "engineering_repeats": 200, "max_p99_latency_ms": 100.0})
     (root / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
-    port = _free_port()
+    port = free_port()
     values = {
         "MLP_LAKE_URI": f"file://{root / 'lake'}",
         "MLP_PIPELINE_CONFIG": str(root / "pipeline.yaml"),

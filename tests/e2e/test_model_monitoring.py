@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import socket
 import time
 
 import httpx
@@ -19,6 +18,7 @@ import mlflow
 import pendulum
 import pytest
 import yaml
+from ports import free_port
 from serving_env import model_server, settings_environ
 from training_helpers import TRAIN_VERSION, build_lake
 
@@ -32,12 +32,6 @@ from mlpipeline.training import pipeline, tracking
 pytestmark = pytest.mark.spark
 MODEL = "flight_delay_monitor_test"
 TOKEN = "monitor-test-token"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _client():
@@ -59,7 +53,7 @@ def env(tmp_path_factory, mlflow_server, airflow_db):
         {"sensor_poke_interval_s": 1, "sensor_timeout_s": 3, "max_p99_latency_ms": 250.0}
     )
     (root / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
-    port = _free_port()
+    port = free_port()
     values = {
         "MLP_LAKE_URI": f"file://{root / 'lake'}",
         "MLP_PIPELINE_CONFIG": str(root / "pipeline.yaml"),

@@ -8,25 +8,19 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from dataset_helpers import write_test_config
+from ports import free_port
 
 from mlpipeline.data import datasets
 from mlpipeline.deployment import registry
 from mlpipeline.lake import Lake
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _cli(env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -47,9 +41,9 @@ def test_demo_twice_then_down(tmp_path: Path):
     env.update(
         {
             "MLP_STATE_DIR": str(state),
-            "MLP_AIRFLOW_PORT": str(_free_port()),
-            "MLP_MLFLOW_PORT": str(_free_port()),
-            "MLP_SERVING_PORT": str(_free_port()),
+            "MLP_AIRFLOW_PORT": str(free_port()),
+            "MLP_MLFLOW_PORT": str(free_port()),
+            "MLP_SERVING_PORT": str(free_port()),
             # A 3-day window and golden range keep the Spark jobs short; 5 versions as in the issue.
             "MLP_PIPELINE_CONFIG": str(write_test_config(tmp_path / "pipeline.yaml")),
             "MLP_DEMO_FIRST_VERSION": "2013-01-03",

@@ -10,7 +10,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import httpx
 import pandas as pd
 import pendulum
 import pytest
+from ports import free_port
 from serving_fixtures import FEATURES, real_rows, save_model
 
 from mlpipeline import locations
@@ -64,12 +64,6 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
     """A small real model that knows every category of January (trained on all its flights)."""
     root = tmp_path_factory.mktemp("replay-models")
     return {"1": save_model(root / "v1", rounds=20, seed=0, frame=real_rows(n=100_000))}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:

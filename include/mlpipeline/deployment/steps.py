@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import tempfile
 from pathlib import Path
@@ -158,25 +157,9 @@ def evaluate_candidate(
 
 
 def _calibration_png(calibration: dict[str, list[dict]]) -> str:
-    import matplotlib
+    from mlpipeline.training.metrics import calibration_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
-    for name, table in calibration.items():
-        rows = [r for r in table if r["count"]]
-        ax.plot([r["mean_score"] for r in rows], [r["observed_rate"] for r in rows], marker="o", label=name)
-    ax.set_xlabel("mean predicted probability")
-    ax.set_ylabel("observed delay rate")
-    ax.set_title("Calibration on the golden set")
-    ax.legend()
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return base64.b64encode(calibration_png(calibration, "Calibration on the golden set", dpi=100)).decode()
 
 
 def render_html(report: dict[str, Any]) -> str:

@@ -62,13 +62,7 @@ def trigger_and_wait(api: AirflowApi, dag_id: str, conf: dict, timeout_s: float 
     api.wait_for_dag(dag_id)
     api.set_paused(dag_id, False)
     run = api.trigger(dag_id, conf=conf)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        state = api.dag_run(dag_id, run["dag_run_id"])["state"]
-        if state in ("success", "failed"):
-            return state
-        time.sleep(3)
-    raise AirflowApiError(f"{dag_id} run {run['dag_run_id']} not finished after {timeout_s:.0f}s")
+    return api.wait_for_run(dag_id, run["dag_run_id"], timeout_s)
 
 
 #: How long model_training may sit idle without the wanted challenger before the demo retrains.
@@ -197,19 +191,6 @@ def monitor_traffic(api: AirflowApi, lake: Lake, settings: Settings, cfg: Pipeli
     return _record_lines(lake, cfg.training.model_name, last)
 
 
-def wait_for_run(api: AirflowApi, dag_id: str, run_id: str, timeout_s: float = 900) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            state = api.dag_run(dag_id, run_id)["state"]
-        except AirflowApiError:
-            state = "missing"
-        if state in ("success", "failed"):
-            return state
-        time.sleep(3)
-    raise AirflowApiError(f"{dag_id} run {run_id} not finished after {timeout_s:.0f}s")
-
-
 def bad_deployment(api: AirflowApi, lake: Lake, settings: Settings, cfg: PipelineConfig) -> list[str]:
     """Force a degraded model into production; monitoring must roll it back by itself."""
     import httpx
@@ -243,7 +224,7 @@ def bad_deployment(api: AirflowApi, lake: Lake, settings: Settings, cfg: Pipelin
     ]
     record = lake.read_json(locations.monitoring_record(model, last))
     if record["decision"] == "rollback":
-        state = wait_for_run(api, "model_rollback", f"auto_rollback__{last.isoformat()}")
+        state = api.wait_for_run("model_rollback", f"auto_rollback__{last.isoformat()}", missing_ok=True)
         served = httpx.get(f"{settings.serving_url}/health", timeout=5).json().get("version")
         lines.append(
             f"    model_rollback {state}: champion v{registry.current_champion(client, model)}, server serves v{served}"
@@ -260,7 +241,7 @@ def drift_retrain(api: AirflowApi, lake: Lake, settings: Settings, cfg: Pipeline
     lines = _record_lines(lake, model, day)
     record = lake.read_json(locations.monitoring_record(model, day))
     if record["decision"] == "retrain":
-        state = wait_for_run(api, "dataset_generation", f"retrain__{day.isoformat()}")
+        state = api.wait_for_run("dataset_generation", f"retrain__{day.isoformat()}", missing_ok=True)
         lines.append(f"    dataset_generation retrain__{day} {state}")
         challenger = wait_for_challenger(api, model, day.isoformat())
         lines.append(

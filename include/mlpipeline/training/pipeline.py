@@ -112,7 +112,7 @@ def train_candidate(
     import mlflow
 
     from mlpipeline.training import train
-    from mlpipeline.training.metrics import calibration_table, classification_metrics
+    from mlpipeline.training.metrics import calibration_png, calibration_table, classification_metrics
 
     cfg = cfg or get_pipeline_config()
     lake = lake or Lake.from_settings()
@@ -187,7 +187,9 @@ def train_candidate(
         mlflow.log_params({"final_num_boost_round": rounds})
         table = calibration_table(data.y_valid, scores)
         train.write_json(workdir / "calibration.json", table)
-        train.calibration_plot(table, workdir / "calibration.png")
+        (workdir / "calibration.png").write_bytes(
+            calibration_png({"model": table}, "Calibration (validation)")
+        )
         train.importance_plot(booster, workdir / "feature_importance.png")
         train.write_json(workdir / "best_trial.json", best)
         train.write_json(
