@@ -32,9 +32,9 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 from mlpipeline_airflow.dataset_build import DatasetBuild, build_dataset_group, plan_from_xcom
 
 from mlpipeline.assets import TRAINING_DATASET
-from mlpipeline.config import get_settings
 from mlpipeline.dag_defaults import DEFAULT_ARGS, data_end, data_start, run_deadline
 from mlpipeline.pipeline_config import get_pipeline_config
+from mlpipeline.settings import get_settings
 
 DATASET = get_pipeline_config().dataset
 
@@ -51,7 +51,7 @@ def _version_day(context) -> dt.date:
 
 
 def _window_partitions(context) -> list[str]:
-    from mlpipeline.data.generation import required_partitions, training_window
+    from mlpipeline.data.steps import required_partitions, training_window
 
     day = _version_day(context)
     start, end = training_window(day, get_pipeline_config(), get_settings())
@@ -59,12 +59,12 @@ def _window_partitions(context) -> list[str]:
 
 
 def _plan(context):
-    from mlpipeline.data import generation
+    from mlpipeline.data import steps as data_steps
 
     cfg = get_pipeline_config()
     day = _version_day(context)
-    start, end = generation.training_window(day, cfg, get_settings())
-    return generation.prepare("training", cfg.dataset.name, day.isoformat(), start, end)
+    start, end = data_steps.training_window(day, cfg, get_settings())
+    return data_steps.prepare("training", cfg.dataset.name, day.isoformat(), start, end)
 
 
 def _record_missing(context, reason: str) -> None:
@@ -115,12 +115,12 @@ def dataset_generation():
     @task(outlets=[TRAINING_DATASET])
     def publish(plan: dict, quality: dict, dag_run=None, outlet_events=None) -> dict:
         """Publish the version atomically and announce it."""
-        from mlpipeline.data import generation
+        from mlpipeline.data import steps as data_steps
 
-        manifest = generation.publish_training(
+        manifest = data_steps.publish_training(
             plan_from_xcom(plan), quality, run={"dag_id": dag_run.dag_id, "run_id": dag_run.run_id}
         )
-        extra = generation.asset_extra(manifest)
+        extra = data_steps.asset_extra(manifest)
         outlet_events[TRAINING_DATASET].extra = extra
         return extra
 

@@ -33,7 +33,7 @@ GOLDEN = get_pipeline_config().golden
 
 
 def _golden_partitions(context) -> list[str]:
-    from mlpipeline.data.generation import required_partitions
+    from mlpipeline.data.steps import required_partitions
 
     params = context["params"]
     start, end = dt.date.fromisoformat(params["start"]), dt.date.fromisoformat(params["end"])
@@ -43,10 +43,10 @@ def _golden_partitions(context) -> list[str]:
 
 
 def _plan(context):
-    from mlpipeline.data import generation
+    from mlpipeline.data import steps as data_steps
 
     params = context["params"]
-    return generation.prepare(
+    return data_steps.prepare(
         "golden",
         GOLDEN.name,
         params["version"],
@@ -107,15 +107,15 @@ def golden_dataset():
     @task(outlets=[GOLDEN_DATASET])
     def publish(plan: dict, quality: dict, params=None, dag_run=None, outlet_events=None) -> dict:
         """Sample and publish the frozen set (an existing version is refused)."""
-        from mlpipeline.data import generation
+        from mlpipeline.data import steps as data_steps
 
-        manifest = generation.publish_golden(
+        manifest = data_steps.publish_golden(
             plan_from_xcom(plan),
             quality,
             sample_size=int(params["sample_size"]),
             run={"dag_id": dag_run.dag_id, "run_id": dag_run.run_id},
         )
-        extra = generation.asset_extra(manifest)
+        extra = data_steps.asset_extra(manifest)
         outlet_events[GOLDEN_DATASET].extra = extra
         return extra
 

@@ -26,8 +26,8 @@ from airflow.sdk import dag, get_current_context, task
 from mlpipeline_airflow.links import MLFLOW_RUN_URL_KEY, REPORT_URL_KEY, push_link
 
 from mlpipeline.assets import MODEL_CANDIDATE, MODEL_DEPLOYED
-from mlpipeline.config import get_settings
 from mlpipeline.dag_defaults import DEFAULT_ARGS, fail_without_retry, run_deadline
+from mlpipeline.settings import get_settings
 
 
 @dag(

@@ -76,9 +76,9 @@ def traffic_replay():
     @task(execution_timeout=dt.timedelta(minutes=30))
     def replay_traffic(data_interval_start=None, params=None) -> dict:
         """Send day D's scheduled flights to the model server at a bounded rate."""
-        from mlpipeline.config import get_settings
         from mlpipeline.lake import Lake
         from mlpipeline.local import replay
+        from mlpipeline.settings import get_settings
 
         with fail_without_retry(replay.RowsRejectedError):
             result = replay.replay_traffic(
@@ -95,9 +95,9 @@ def traffic_replay():
         """Land the true outcomes of day D - LABEL_DELAY_DAYS (labels arrive after the traffic)."""
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from mlpipeline.config import get_settings
         from mlpipeline.lake import Lake
         from mlpipeline.local import replay
+        from mlpipeline.settings import get_settings
 
         traffic_day = data_interval_start.date()
         labels_day = replay.labels_day_for(traffic_day, get_settings().data_start)

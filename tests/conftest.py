@@ -72,8 +72,8 @@ def _drop_postgres_db(name: str) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from mlpipeline.config import load_settings
     from mlpipeline.local.stack import airflow_environment
+    from mlpipeline.settings import load_settings
 
     base = Path(tempfile.mkdtemp(prefix="mlp-tests-"))
     _SESSION["base"] = base
@@ -201,8 +201,8 @@ def lake(request: pytest.FixtureRequest, tmp_path: Path):
 @pytest.fixture
 def settings_env(monkeypatch: pytest.MonkeyPatch):
     """Set ``MLP_*`` variables for one test and reload the cached settings."""
-    from mlpipeline.config import get_settings
     from mlpipeline.pipeline_config import get_pipeline_config
+    from mlpipeline.settings import get_settings
 
     def apply(**values: str):
         for key, value in values.items():
@@ -251,7 +251,7 @@ def mlflow_server(session_dir: Path) -> str:
     os.environ["AIRFLOW_CONN_MLFLOW_DEFAULT"] = json.dumps(
         {"conn_type": "http", "host": "127.0.0.1", "port": port, "schema": "http"}
     )
-    from mlpipeline.config import get_settings
+    from mlpipeline.settings import get_settings
 
     get_settings.cache_clear()
     return uri

@@ -11,8 +11,8 @@ import datetime as dt
 import json
 import sys
 
-from mlpipeline.config import PROJECT_ROOT, SettingsError, get_settings
 from mlpipeline.local.envfile import load_env_file
+from mlpipeline.settings import PROJECT_ROOT, SettingsError, get_settings
 
 
 def _date(value: str) -> dt.date:

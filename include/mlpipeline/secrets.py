@@ -11,7 +11,7 @@ import json
 import secrets
 from pathlib import Path
 
-from mlpipeline.config import Settings
+from mlpipeline.settings import Settings
 
 #: Keys generated with 32 random bytes when missing.
 GENERATED_KEYS = ("jwt_secret", "api_secret_key", "serving_admin_token")

@@ -18,9 +18,9 @@ from typing import Any
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import TaskGroup, task
 
-from mlpipeline.config import get_settings
 from mlpipeline.dag_defaults import fail_without_retry
 from mlpipeline.data.datasets import JOB_SCRIPT
+from mlpipeline.settings import get_settings
 from mlpipeline_airflow.sensors import LakePartitionsSensor
 
 
@@ -30,9 +30,9 @@ class DatasetBuild:
 
     #: the raw partitions the build needs, from the task context
     partitions: Callable[[Any], list[str]]
-    #: the BuildPlan of this run (``mlpipeline.data.generation.prepare``), from the task context
+    #: the BuildPlan of this run (``mlpipeline.data.steps.prepare``), from the task context
     plan: Callable[[Any], Any]
-    #: deterministic errors of ``plan`` (failed without retry): names in ``mlpipeline.data.generation``
+    #: deterministic errors of ``plan`` (failed without retry): names in ``mlpipeline.data.steps``
     #: or builtins (resolved in the task, so the DAG file does not import the module)
     plan_errors: tuple[str, ...]
     #: ``spark-submit --name`` (templated)
@@ -44,9 +44,9 @@ class DatasetBuild:
 
 def plan_from_xcom(plan: dict):
     """The BuildPlan that ``prepare`` pushed (without its ``job_args``)."""
-    from mlpipeline.data import generation
+    from mlpipeline.data import steps as data_steps
 
-    return generation.BuildPlan.from_dict({k: v for k, v in plan.items() if k != "job_args"})
+    return data_steps.BuildPlan.from_dict({k: v for k, v in plan.items() if k != "job_args"})
 
 
 def build_dataset_group(build: DatasetBuild, group_id: str = "build") -> tuple[TaskGroup, Any, Any]:
@@ -60,10 +60,10 @@ def build_dataset_group(build: DatasetBuild, group_id: str = "build") -> tuple[T
         def prepare() -> dict:
             from airflow.sdk import get_current_context
 
-            from mlpipeline.data import generation
+            from mlpipeline.data import steps as data_steps
 
             errors = [
-                getattr(generation, name, None) or getattr(builtins, name) for name in build.plan_errors
+                getattr(data_steps, name, None) or getattr(builtins, name) for name in build.plan_errors
             ]
             with fail_without_retry(*errors):
                 plan = build.plan(get_current_context())
@@ -83,10 +83,10 @@ def build_dataset_group(build: DatasetBuild, group_id: str = "build") -> tuple[T
 
         @task(task_id="quality_gate", doc_md=build.gate_doc)
         def quality_gate(plan: dict) -> dict:
-            from mlpipeline.data import generation
+            from mlpipeline.data import steps as data_steps
 
-            with fail_without_retry(generation.QualityGateError):
-                return generation.gate(plan_from_xcom(plan))
+            with fail_without_retry(data_steps.QualityGateError):
+                return data_steps.gate(plan_from_xcom(plan))
 
         gate = quality_gate(plan)
         wait_for_raw >> plan >> build_dataset >> gate

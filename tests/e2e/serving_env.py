@@ -14,8 +14,8 @@ from pathlib import Path
 @contextlib.contextmanager
 def settings_environ(values: dict[str, str]) -> Iterator[None]:
     """Set ``MLP_*`` variables for a whole module (cached settings reloaded), restore them after."""
-    from mlpipeline.config import get_settings
     from mlpipeline.pipeline_config import get_pipeline_config
+    from mlpipeline.settings import get_settings
 
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)

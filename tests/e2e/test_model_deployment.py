@@ -13,10 +13,10 @@ from ports import free_port
 from serving_env import model_server, settings_environ
 from serving_fixtures import CATEGORICAL, FEATURES, real_rows
 
-from mlpipeline.config import PROJECT_ROOT
 from mlpipeline.data import datasets
 from mlpipeline.deployment import registry, steps
 from mlpipeline.lake import Lake
+from mlpipeline.settings import PROJECT_ROOT
 from mlpipeline.training import tracking
 
 MODEL = "flight_delay_deploy_test"
@@ -49,7 +49,7 @@ def env(tmp_path_factory, mlflow_server, airflow_db):
             name="flights_delay_golden", kind="golden", version="v1", window=(dt.date(2013, 12, 1), dt.date(2013, 12, 30)),
             frames={"golden": golden}, job_stats={}, quality={"success": True}, params={}, golden=None,
         )  # fmt: skip
-        datasets.publish_golden(lake, golden, manifest)
+        datasets.publish_golden_frame(lake, golden, manifest)
         with model_server(root, port, MLP_SERVING_POLL_S="1") as url:
             yield {"lake": lake, "url": url, "root": root}
 

@@ -22,12 +22,13 @@ from ports import free_port
 from serving_env import model_server, settings_environ
 from training_helpers import TRAIN_VERSION, build_lake
 
-from mlpipeline.config import PROJECT_ROOT
 from mlpipeline.data.landing import land_range
 from mlpipeline.deployment import registry, steps
 from mlpipeline.local import replay, scenarios
 from mlpipeline.monitoring import alarms
-from mlpipeline.training import pipeline, tracking
+from mlpipeline.settings import PROJECT_ROOT
+from mlpipeline.training import steps as training_steps
+from mlpipeline.training import tracking
 
 pytestmark = pytest.mark.spark
 MODEL = "flight_delay_monitor_test"
@@ -63,15 +64,15 @@ def env(tmp_path_factory, mlflow_server, airflow_db):
         "MLP_ALLOW_FORCE_PROMOTE": "true",
     }
     with settings_environ(values):
-        from mlpipeline.config import get_settings
         from mlpipeline.pipeline_config import get_pipeline_config
+        from mlpipeline.settings import get_settings
 
         lake = build_lake(root / "lake", get_settings(), get_pipeline_config())
         land_range(lake, dt.date(2013, 1, 11), dt.date(2013, 1, 14))
         land_range(lake, dt.date(2013, 7, 13), dt.date(2013, 7, 15))
         with model_server(root, port, MLP_SERVING_POLL_S="1", MLP_SERVING_LOG_FLUSH_S="0.5") as url:
-            trained = pipeline.train_candidate(TRAIN_VERSION.isoformat(), n_trials=3)
-            registered = pipeline.register_candidate(trained)
+            trained = training_steps.train_candidate(TRAIN_VERSION.isoformat(), n_trials=3)
+            registered = training_steps.register_candidate(trained)
             evaluated = steps.evaluate_candidate({"model": MODEL, "version": str(registered["version"])})
             assert evaluated["decision"] == "promote", evaluated
             steps.promote(evaluated, actor="test:setup")

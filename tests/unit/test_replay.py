@@ -387,7 +387,7 @@ def test_labels_arrive_later_than_the_traffic():
 def load_dag():
     from airflow.dag_processing.dagbag import DagBag
 
-    from mlpipeline.config import PROJECT_ROOT
+    from mlpipeline.settings import PROJECT_ROOT
 
     bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "traffic_replay.py"))
     assert bag.import_errors == {}

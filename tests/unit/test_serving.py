@@ -16,10 +16,10 @@ import pytest
 from ports import free_port
 from serving_fixtures import request_rows, save_model
 
-from mlpipeline.config import load_settings
 from mlpipeline.lake import Lake
 from mlpipeline.serving import location
 from mlpipeline.serving.prediction_log import read_day
+from mlpipeline.settings import load_settings
 
 TOKEN = "test-admin-token"
 MODEL = "flight_delay"

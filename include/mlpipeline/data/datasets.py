@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlpipeline import locations
-from mlpipeline.config import PROJECT_ROOT
 from mlpipeline.lake import Commit, Lake, LakeError
+from mlpipeline.settings import PROJECT_ROOT
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -254,7 +254,7 @@ def publish_dataset(lake: Lake, staging_dir: Path, manifest: dict[str, Any]) -> 
         return lake.publish_local_dir(directory, str(bundle), meta=manifest)
 
 
-def publish_golden(lake: Lake, frame: pd.DataFrame, manifest: dict[str, Any]) -> Commit:
+def publish_golden_frame(lake: Lake, frame: pd.DataFrame, manifest: dict[str, Any]) -> Commit:
     """Publish a golden set; refuses to overwrite an existing version."""
     from mlpipeline.lake import frame_to_parquet
 

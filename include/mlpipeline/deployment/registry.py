@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from mlpipeline import locations
-from mlpipeline.config import Settings, get_settings
 from mlpipeline.lake import Lake
 from mlpipeline.serving import location
+from mlpipeline.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,32 @@ def reload_server(settings: Settings, version: str, timeout_s: float = 60) -> di
     )
 
 
+def compare_and_set_champion(
+    client, model: str, to_version: str, expected_champion: str | None
+) -> str | None:
+    """Alias ``champion`` → ``to_version`` if the champion is still ``expected_champion``.
+
+    The champion it replaces keeps alias ``previous_champion``. Idempotent: when ``to_version``
+    already is the champion (a retry after the move), nothing moves. Returns the version the
+    move comes from (``expected_champion`` on a retry). :class:`ChampionChangedError` when
+    another version became champion since the decision; an unknown ``to_version`` raises
+    MLflow's error before anything moves.
+    """
+    client.get_model_version(model, to_version)  # raises if the version does not exist
+    current = current_champion(client, model)
+    if current == to_version:
+        return expected_champion
+    if current != expected_champion:
+        raise ChampionChangedError(
+            f"champion of {model} is v{current}, but the decision was taken against v{expected_champion}; "
+            "re-run the evaluation"
+        )
+    client.set_registered_model_alias(model, CHAMPION, to_version)
+    if current is not None:
+        client.set_registered_model_alias(model, PREVIOUS, current)
+    return current
+
+
 def move_champion(
     model: str,
     to_version: str,
@@ -143,18 +169,7 @@ def move_champion(
     lake = lake or Lake.from_settings(settings)
     tracking.connect()
     client = mlflow.MlflowClient()
-    client.get_model_version(model, to_version)  # raises if the version does not exist
-    current = current_champion(client, model)
-    if current != to_version:
-        if current != expected_champion:
-            raise ChampionChangedError(
-                f"champion of {model} is v{current}, but the decision was taken against v{expected_champion}; "
-                "re-run the evaluation"
-            )
-        client.set_registered_model_alias(model, CHAMPION, to_version)
-        if current is not None:
-            client.set_registered_model_alias(model, PREVIOUS, current)
-    from_version = expected_champion if current == to_version else current
+    from_version = compare_and_set_champion(client, model, to_version, expected_champion)
     append_history(
         lake,
         model,

@@ -58,7 +58,7 @@ def evaluate_candidate(
     """Challenger vs champion on the golden set; decision with every rule; report written."""
     import mlflow
 
-    from mlpipeline.evaluation.compare import decide, evaluate
+    from mlpipeline.evaluation.compare import evaluate, promotion_decision
     from mlpipeline.serving.engineering import measure
     from mlpipeline.serving.model import ModelLoadError, download_model_version, load_model_dir
 
@@ -116,7 +116,7 @@ def evaluate_candidate(
             "content_hash": golden_manifest["content_hash"],
         },
     )
-    decision = decide(
+    decision = promotion_decision(
         evaluation,
         cfg.deployment,
         challenger_mv.tags.get(tracking.TAG_WINDOW_END),
@@ -288,7 +288,7 @@ def force_promote(
     """
     import mlflow
 
-    from mlpipeline.config import get_settings
+    from mlpipeline.settings import get_settings
 
     if not (get_settings().allow_force_promote if allowed is None else allowed):
         raise DeploymentInputError(

@@ -30,13 +30,13 @@ import threading
 import time
 
 from mlpipeline import locations
-from mlpipeline.config import Settings
 from mlpipeline.data import datasets
 from mlpipeline.data.landing import iter_days
 from mlpipeline.lake import Lake
 from mlpipeline.local import stack
 from mlpipeline.local.airflow_api import AirflowApi, AirflowApiError
 from mlpipeline.pipeline_config import PipelineConfig, get_pipeline_config
+from mlpipeline.settings import Settings
 
 
 def backfill_and_wait(api: AirflowApi, dag_id: str, start, end, timeout_s: float = 1800) -> dict:
@@ -142,7 +142,7 @@ def wait_for_deployments(api: AirflowApi, lake: Lake, model_name: str, timeout_s
                 (h["to_version"] for h in reversed(history) if h["action"] in ("promote", "rollback")), None
             )
             if champion is not None:
-                from mlpipeline.config import get_settings
+                from mlpipeline.settings import get_settings
 
                 served = httpx.get(f"{get_settings().serving_url}/health", timeout=5).json().get("version")
                 decisions = [

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlpipeline import secrets as product_secrets
-from mlpipeline.config import PROJECT_ROOT, Settings
+from mlpipeline.settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlpipeline import locations
-from mlpipeline.config import get_settings
 from mlpipeline.lake import Lake
 from mlpipeline.monitoring import alarms as alarm_channels
 from mlpipeline.monitoring.checks import (
@@ -39,8 +38,9 @@ from mlpipeline.monitoring.checks import (
     quality_on_labels,
     scrape_server,
 )
-from mlpipeline.monitoring.decide import WARN, ChampionInfo, Decision, decide
+from mlpipeline.monitoring.decide import WARN, ChampionInfo, Decision, monitoring_decision
 from mlpipeline.pipeline_config import PipelineConfig, get_pipeline_config
+from mlpipeline.settings import get_settings
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -407,7 +407,7 @@ def decide_and_record(
     champion = ChampionInfo.from_history(
         registry.current_champion(_client(), model), registry.read_history(lake, model)
     )
-    decision: Decision = decide(findings, champion, cfg.monitoring, model, day, now=now)
+    decision: Decision = monitoring_decision(findings, champion, cfg.monitoring, model, day, now=now)
     source = (
         alarm_channels.source_of(context) if context else {"dag_id": None, "run_id": None, "task_id": None}
     )

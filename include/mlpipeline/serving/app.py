@@ -26,12 +26,12 @@ from typing import Any
 
 from fastapi import Request  # at module level: FastAPI resolves the handlers' annotations by name
 
-from mlpipeline.config import Settings, get_settings
 from mlpipeline.features import FeatureError
 from mlpipeline.lake import Lake
 from mlpipeline.serving import location
 from mlpipeline.serving.model import LoadedModel, ModelLoadError, load_model_dir
 from mlpipeline.serving.prediction_log import PredictionLog
+from mlpipeline.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 

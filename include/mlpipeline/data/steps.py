@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from mlpipeline import locations
-from mlpipeline.config import Settings, get_settings
 from mlpipeline.data import datasets
 from mlpipeline.data.landing import iter_days
 from mlpipeline.lake import Lake
 from mlpipeline.pipeline_config import PipelineConfig, get_pipeline_config
+from mlpipeline.settings import Settings, get_settings
 from mlpipeline.spark_jobs import build_dataset as job
 
 #: Raw tables the job reads every day of its window, and once (at the window's end).
@@ -264,7 +264,7 @@ def publish_golden(
         golden=None,
         run=run,
     )
-    commit = datasets.publish_golden(lake, golden, manifest)
+    commit = datasets.publish_golden_frame(lake, golden, manifest)
     shutil.rmtree(staging.parent, ignore_errors=True)
     manifest["path"] = lake.uri(commit.directory)
     return manifest
