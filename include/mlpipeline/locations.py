@@ -21,6 +21,7 @@ LABELS = "serving/labels"
 SERVING_MODELS = "serving/models"
 MONITORING = "monitoring"
 DEPLOYMENTS = "deployments"
+REFERENCES = "references"
 
 #: The lake's layout, one line per location: (pattern, what it holds). The README's tree
 #: under "The lake" lists the same patterns (checked by a test).
@@ -37,6 +38,7 @@ TREE: tuple[tuple[str, str], ...] = (
     ("serving/models/<model>/", "exported versions v<N>/ and the CURRENT pointer"),
     ("monitoring/<model>/dt=YYYY-MM-DD/record.json", "one monitoring run's record"),
     ("deployments/<model>/history.jsonl", "audit trail of every champion move"),
+    ("references/<model>/run=<run_id>/reference.parquet", "training sample that drift is judged against"),
 )
 
 
@@ -99,6 +101,12 @@ def serving_model_root(model: str) -> str:
     return f"{SERVING_MODELS}/{model}"
 
 
+# training ---------------------------------------------------------------------------------
+def reference_sample(model: str, run_id: str) -> str:
+    """The reference sample kept by training run ``run_id`` (monitoring's drift baseline)."""
+    return f"{REFERENCES}/{model}/run={run_id}/reference.parquet"
+
+
 # monitoring and deployment ----------------------------------------------------------------
 def monitoring_record(model: str, day: dt.date | str) -> str:
     return f"{MONITORING}/{model}/dt={_day(day)}/record.json"
@@ -106,3 +114,13 @@ def monitoring_record(model: str, day: dt.date | str) -> str:
 
 def deployment_history(model: str) -> str:
     return f"{DEPLOYMENTS}/{model}/history.jsonl"
+
+
+def render_tree() -> str:
+    """The README's lake tree (``python -m mlpipeline.locations`` prints it)."""
+    width = max(len(pattern) for pattern, _ in TREE) + 2
+    return "\n".join(f"{pattern.ljust(width)}{what}" for pattern, what in TREE)
+
+
+if __name__ == "__main__":
+    print(render_tree())

@@ -19,7 +19,7 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import TaskGroup, task
 
 from mlpipeline.dag_defaults import fail_without_retry
-from mlpipeline.data.datasets import JOB_SCRIPT
+from mlpipeline.data.datasets import JOB_PY_FILES, JOB_SCRIPT
 from mlpipeline.settings import get_settings
 from mlpipeline_airflow.sensors import LakePartitionsSensor
 
@@ -74,6 +74,7 @@ def build_dataset_group(build: DatasetBuild, group_id: str = "build") -> tuple[T
         build_dataset = SparkSubmitOperator(
             task_id="build_dataset",
             application=str(JOB_SCRIPT),
+            py_files=",".join(str(path) for path in JOB_PY_FILES),
             application_args=plan["job_args"],
             conn_id=get_settings().spark_conn_id,
             name=build.spark_name,

@@ -65,3 +65,15 @@ def test_the_rule_sees_an_offender(tmp_path: Path):
     probe = tmp_path / "probe.py"
     probe.write_text("def f():\n    from mlpipeline.local import stack\n")
     assert "mlpipeline.local" in _imports(probe)
+
+
+@pytest.mark.parametrize("name", ["build_dataset.py", "parquet_footer.py"])
+def test_spark_job_imports_only_stdlib_pyspark_and_its_sibling(name: str):
+    """spark-submit ships the job and parquet_footer.py alone: no mlpipeline, no airflow."""
+    import sys
+
+    path = PACKAGE / "spark_jobs" / name
+    allowed = set(sys.stdlib_module_names) | {"pyspark", "parquet_footer", "__future__", ""}
+    sibling = {"mlpipeline.spark_jobs", "mlpipeline.spark_jobs.parquet_footer"}  # ``from . import``
+    tops = {n.split(".")[0] for n in _imports(path) - sibling}
+    assert tops <= allowed, f"{name} imports {sorted(tops - allowed)}"

@@ -14,7 +14,7 @@ DAY = dt.date(2013, 1, 5)
 
 def _readme_tree() -> list[str]:
     text = README.read_text()
-    marker = "<!-- lake-tree: generated from mlpipeline.locations.TREE -->"
+    marker = "<!-- lake-tree: generated from mlpipeline.locations.TREE"
     assert marker in text, "README lost its lake tree"
     block = re.search(r"```\n(.*?)```", text[text.index(marker) :], re.S)
     assert block
@@ -23,6 +23,7 @@ def _readme_tree() -> list[str]:
 
 def test_readme_tree_is_the_locations_module():
     assert _readme_tree() == [pattern for pattern, _ in locations.TREE]
+    assert locations.render_tree() in README.read_text(), "regenerate it: python -m mlpipeline.locations"
 
 
 def test_every_location_function_is_in_the_tree():
@@ -40,6 +41,7 @@ def test_every_location_function_is_in_the_tree():
         locations.serving_model_root("m"): "serving/models/<model>/",
         locations.monitoring_record("m", DAY): "monitoring/<model>/dt=YYYY-MM-DD/record.json",
         locations.deployment_history("m"): "deployments/<model>/history.jsonl",
+        locations.reference_sample("m", "abc123"): "references/<model>/run=<run_id>/reference.parquet",
     }
     patterns = {p for p, _ in locations.TREE}
     assert set(made.values()) == patterns

@@ -35,6 +35,8 @@ SPLITS = ("train", "validation")
 KEY = "flight_key"
 LABEL = "is_delayed"
 JOB_SCRIPT = PROJECT_ROOT / "include" / "mlpipeline" / "spark_jobs" / "build_dataset.py"
+#: Modules the job imports besides the standard library and pyspark (``spark-submit --py-files``).
+JOB_PY_FILES = (JOB_SCRIPT.parent / "parquet_footer.py",)
 
 
 class DatasetError(RuntimeError):

@@ -59,8 +59,6 @@ def evaluate_candidate(
     import mlflow
 
     from mlpipeline.evaluation.compare import evaluate, promotion_decision
-    from mlpipeline.serving.engineering import measure
-    from mlpipeline.serving.model import ModelLoadError, download_model_version, load_model_dir
 
     cfg = cfg or get_pipeline_config()
     lake = lake or Lake.from_settings()
@@ -69,39 +67,12 @@ def evaluate_candidate(
     model, version = candidate["model"], str(candidate["version"])
     challenger_mv = client.get_model_version(model, version)
     champion = registry.current_champion(client, model)
-    golden_info = datasets.current_golden(lake, cfg.golden.name)
-    if golden_info is None:
-        raise DeploymentInputError(
-            f"no golden set {cfg.golden.name} exists: build one with the golden_dataset DAG"
-        )
-    try:
-        golden_manifest, golden = datasets.load_golden(
-            lake, cfg.golden.name, golden_info.version, verify=True
-        )
-    except datasets.DatasetError as err:
-        raise DeploymentInputError(str(err)) from None
-
-    with tempfile.TemporaryDirectory(prefix="mlp-eval-") as tmp:
-        try:
-            challenger_dir = download_model_version(model, version, Path(tmp) / "challenger")
-            challenger = load_model_dir(challenger_dir, model, version)
-        except ModelLoadError as err:
-            raise DeploymentInputError(
-                f"challenger {model} v{version} artifacts do not load: {err}"
-            ) from None
-        challenger_scores = challenger.score_frame(golden)
-        engineering = measure(
-            challenger_dir,
-            golden_request_rows(golden, challenger.spec, ENGINEERING_ROWS),
-            repeats=cfg.deployment.engineering_repeats,
-        ).as_dict()
-        champion_scores, champion_mv = None, None
-        if champion is not None and champion != version:
-            champion_mv = client.get_model_version(model, champion)
-            champion_model = load_model_dir(
-                download_model_version(model, champion, Path(tmp) / "champion"), model, champion
-            )
-            champion_scores = champion_model.score_frame(golden)
+    golden_info, golden_manifest, golden = _load_golden(lake, cfg)
+    challenger_scores, engineering, champion_scores = _score_on_golden(
+        client, model, version, champion, golden, cfg
+    )
+    compared = champion is not None and champion != version
+    champion_mv = client.get_model_version(model, champion) if compared else None
 
     evaluation = evaluate(
         golden,
@@ -154,6 +125,50 @@ def evaluate_candidate(
         "engineering": {k: engineering[k] for k in ("single_row_p99_ms", "model_bytes")},
         **urls,
     }
+
+
+def _load_golden(lake: Lake, cfg: PipelineConfig):
+    """The current golden set (info, manifest, frame), verified; :class:`DeploymentInputError` if none."""
+    golden_info = datasets.current_golden(lake, cfg.golden.name)
+    if golden_info is None:
+        raise DeploymentInputError(
+            f"no golden set {cfg.golden.name} exists: build one with the golden_dataset DAG"
+        )
+    try:
+        golden_manifest, golden = datasets.load_golden(
+            lake, cfg.golden.name, golden_info.version, verify=True
+        )
+    except datasets.DatasetError as err:
+        raise DeploymentInputError(str(err)) from None
+    return golden_info, golden_manifest, golden
+
+
+def _score_on_golden(client, model: str, version: str, champion: str | None, golden, cfg: PipelineConfig):
+    """Challenger scores and engineering figures (serving code path); champion scores or None."""
+    from mlpipeline.serving.engineering import measure
+    from mlpipeline.serving.model import ModelLoadError, download_model_version, load_model_dir
+
+    with tempfile.TemporaryDirectory(prefix="mlp-eval-") as tmp:
+        try:
+            challenger_dir = download_model_version(model, version, Path(tmp) / "challenger")
+            challenger = load_model_dir(challenger_dir, model, version)
+        except ModelLoadError as err:
+            raise DeploymentInputError(
+                f"challenger {model} v{version} artifacts do not load: {err}"
+            ) from None
+        challenger_scores = challenger.score_frame(golden)
+        engineering = measure(
+            challenger_dir,
+            golden_request_rows(golden, challenger.spec, ENGINEERING_ROWS),
+            repeats=cfg.deployment.engineering_repeats,
+        ).as_dict()
+        champion_scores = None
+        if champion is not None and champion != version:
+            champion_model = load_model_dir(
+                download_model_version(model, champion, Path(tmp) / "champion"), model, champion
+            )
+            champion_scores = champion_model.score_frame(golden)
+    return challenger_scores, engineering, champion_scores
 
 
 def _calibration_png(calibration: dict[str, list[dict]]) -> str:
