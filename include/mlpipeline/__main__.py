@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 
 from mlpipeline.local.envfile import load_env_file
@@ -142,8 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_progress_bars(interactive: bool | None = None) -> None:
+    """MLflow's artifact-download progress bars off unless stderr is a terminal (an explicit
+    ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` wins): piped or logged output stays readable."""
+    if not (sys.stderr.isatty() if interactive is None else interactive):
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def main(argv: list[str] | None = None) -> int:
     load_env_file(PROJECT_ROOT / ".env")
+    quiet_progress_bars()
     args = build_parser().parse_args(argv)
     try:
         get_settings()

@@ -123,6 +123,8 @@ def airflow_environment(
         "MLP_STATE_DIR": str(settings.state_dir),
         "MLP_MLFLOW_TRACKING_URI": settings.resolved_mlflow_uri,
         "MLFLOW_TRACKING_URI": settings.resolved_mlflow_uri,
+        # Tasks and services are never interactive: no artifact-download progress bars in their logs.
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         "NO_PROXY": "127.0.0.1,localhost",
         # XGBoost's OpenMP threads spin while idle by default; on a shared 2-core machine that
         # made fits 10-40x slower whenever another process wanted a core (bench/training.py).
