@@ -9,8 +9,7 @@ from pathlib import Path
 import httpx
 import mlflow
 import pytest
-from ports import free_port
-from serving_env import model_server, settings_environ
+from serving_env import model_server, module_settings, settings_environ
 from serving_fixtures import CATEGORICAL, FEATURES, real_rows
 
 from mlpipeline.data import datasets
@@ -34,14 +33,7 @@ def env(tmp_path_factory, mlflow_server, airflow_db):
     # The latency budget is loosened here only: a loaded 2-core CI machine must not flip decisions.
     cfg["deployment"].update({"slice_min_rows": 150, "engineering_repeats": 200, "max_p99_latency_ms": 100.0})
     (root / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
-    port = free_port()
-    values = {
-        "MLP_LAKE_URI": f"file://{root / 'lake'}",
-        "MLP_PIPELINE_CONFIG": str(root / "pipeline.yaml"),
-        "MLP_STATE_DIR": str(root / "state"),
-        "MLP_SERVING_PORT": str(port),
-        "MLP_SERVING_ADMIN_TOKEN": TOKEN,
-    }
+    port, values = module_settings(root, TOKEN)
     with settings_environ(values):
         lake = Lake.from_settings()
         golden = real_rows(n=3000, seed=42)

@@ -18,8 +18,7 @@ import mlflow
 import pendulum
 import pytest
 import yaml
-from ports import free_port
-from serving_env import model_server, settings_environ
+from serving_env import model_server, module_settings, settings_environ
 from training_helpers import TRAIN_VERSION, build_lake
 
 from mlpipeline.data.landing import land_range
@@ -54,15 +53,7 @@ def env(tmp_path_factory, mlflow_server, airflow_db):
         {"sensor_poke_interval_s": 1, "sensor_timeout_s": 3, "max_p99_latency_ms": 250.0}
     )
     (root / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
-    port = free_port()
-    values = {
-        "MLP_LAKE_URI": f"file://{root / 'lake'}",
-        "MLP_PIPELINE_CONFIG": str(root / "pipeline.yaml"),
-        "MLP_STATE_DIR": str(root / "state"),
-        "MLP_SERVING_PORT": str(port),
-        "MLP_SERVING_ADMIN_TOKEN": TOKEN,
-        "MLP_ALLOW_FORCE_PROMOTE": "true",
-    }
+    port, values = module_settings(root, TOKEN, MLP_ALLOW_FORCE_PROMOTE="true")
     with settings_environ(values):
         from mlpipeline.pipeline_config import get_pipeline_config
         from mlpipeline.settings import get_settings
