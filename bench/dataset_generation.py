@@ -125,6 +125,7 @@ def build_x10_lake(source_root: str, target_root: str) -> dict[str, Any]:
     """Write the 10x lake: replicated flights, every other table copied unchanged."""
     import pandas as pd
 
+    from mlpipeline import locations
     from mlpipeline.lake import Lake
 
     started = time.perf_counter()
@@ -133,7 +134,7 @@ def build_x10_lake(source_root: str, target_root: str) -> dict[str, Any]:
     days = [YEAR_START + dt.timedelta(days=i) for i in range((YEAR_END - YEAR_START).days + 1)]
 
     def replicate_day(day: dt.date) -> int:
-        directory = f"raw/flights/dt={day.isoformat()}"
+        directory = locations.raw_partition("flights", day)
         frame = source.read_frame(directory)
         dtype = frame["flight"].dtype
         big = pd.concat(
@@ -146,7 +147,7 @@ def build_x10_lake(source_root: str, target_root: str) -> dict[str, Any]:
         meta = {**source.read_commit(directory).meta, "rows": len(big), "replicas": REPLICAS}
         target.publish_frames(directory, {"part-0": big}, meta=meta)
         for table in COPIED_TABLES:
-            table_dir = f"raw/{table}/dt={day.isoformat()}"
+            table_dir = locations.raw_partition(table, day)
             commit = source.read_commit(table_dir)
             files = {
                 name: source.read_bytes(path)

@@ -76,7 +76,7 @@ def run(tmp: Path) -> None:
 
     from mlpipeline.data import datasets
     from mlpipeline.deployment import steps
-    from mlpipeline.evaluation.compare import decide, evaluate
+    from mlpipeline.evaluation.compare import evaluate, promotion_decision
     from mlpipeline.features import FeatureSpec
     from mlpipeline.lake import Lake
     from mlpipeline.pipeline_config import get_pipeline_config
@@ -92,7 +92,7 @@ def run(tmp: Path) -> None:
         name=cfg.golden.name, kind="golden", version="v1", window=(dt.date(2013, 12, 1), dt.date(2013, 12, 30)),
         frames={"golden": golden}, job_stats={}, quality={}, params={}, golden=None,
     )  # fmt: skip
-    datasets.publish_golden(lake, golden, manifest)
+    datasets.publish_golden_frame(lake, golden, manifest)
     tracking.connect()
     mlflow.set_experiment("bench-evaluation")
     versions = []
@@ -139,7 +139,7 @@ def run(tmp: Path) -> None:
         cfg.deployment,
         {"version": "v1", "rows": len(golden)},
     )
-    decision = decide(evaluation, cfg.deployment, "2013-01-29", "2013-01-28", has_champion=True)
+    decision = promotion_decision(evaluation, cfg.deployment, "2013-01-29", "2013-01-28", has_champion=True)
     evaluate_s = time.perf_counter() - started + scoring_s
 
     started = time.perf_counter()

@@ -34,7 +34,7 @@ def main() -> int:
     from mlpipeline.lake import Lake
     from mlpipeline.monitoring.drift import check_drift, dkw_bound
     from mlpipeline.pipeline_config import get_pipeline_config
-    from mlpipeline.serving import replay
+    from mlpipeline.serving import features as serving_features
     from mlpipeline.spark_jobs.build_dataset import CATEGORICAL_FEATURES, FEATURE_COLUMNS
 
     cfg = get_pipeline_config().monitoring
@@ -46,7 +46,8 @@ def main() -> int:
 
         def days(start: dt.date, n: int) -> pd.DataFrame:
             return pd.concat(
-                [replay.features_for_day(lake, start + dt.timedelta(i)) for i in range(n)], ignore_index=True
+                [serving_features.features_for_day(lake, start + dt.timedelta(i)) for i in range(n)],
+                ignore_index=True,
             )
 
         rng = np.random.default_rng(0)

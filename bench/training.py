@@ -6,8 +6,8 @@ Everything runs against real inputs in a temporary directory (removed at the end
   when that lake holds every partition the two windows need, else landed with
   ``mlpipeline.data.landing.land_range``);
 * two dataset versions built exactly as the ``dataset_generation`` DAG builds them
-  (``generation.prepare`` → ``build_dataset.py`` in a fresh process → ``generation.gate`` →
-  ``generation.publish_training``): the 28 days ending 2013-01-28 and the 364 days ending
+  (``data_steps.prepare`` → ``build_dataset.py`` in a fresh process → ``data_steps.gate`` →
+  ``data_steps.publish_training``): the 28 days ending 2013-01-28 and the 364 days ending
   2013-12-30;
 * a real MLflow tracking server (SQLite store, proxied artifacts) on a free loopback port.
 
@@ -21,7 +21,7 @@ Measured (the machine's load average is printed with the figures):
    28-day window (and ``--year-trials`` on the year); trials/min = trials / minutes. The MLflow
    calls one trial makes are also timed on their own (empty runs).
 3. the two Airflow tasks of ``model_training`` on the 28-day window with 20 trials:
-   ``pipeline.train_candidate`` then ``pipeline.register_candidate``, against the MLflow server.
+   ``training.steps.train_candidate`` then ``training.steps.register_candidate``, against the MLflow server.
 
 Run from the repository root: ``.venv/bin/python bench/training.py``. Last line of stdout: one
 JSON object with every figure.
@@ -131,8 +131,8 @@ def configure_environment(base: Path, port: int, pipeline_config: Path) -> str:
             "GIT_PYTHON_REFRESH": "quiet",
         }
     )
-    from mlpipeline.config import get_settings
     from mlpipeline.pipeline_config import get_pipeline_config
+    from mlpipeline.settings import get_settings
 
     get_settings.cache_clear()
     get_pipeline_config.cache_clear()
@@ -191,14 +191,14 @@ def stop_mlflow(proc: subprocess.Popen) -> None:
 
 def raw_lake(lake) -> str:
     """Fill the lake's raw zone: copied from ``SOURCE_LAKE`` if complete there, else landed."""
-    from mlpipeline.data import generation
+    from mlpipeline.data import steps as data_steps
     from mlpipeline.data.landing import land_range
     from mlpipeline.lake import Lake
 
     source = SOURCE_LAKE / "raw"
     if source.is_dir():
         source_lake = Lake.from_uri(f"file://{SOURCE_LAKE}")
-        if not any(generation.missing_partitions(source_lake, start, end) for _, start, end in WINDOWS):
+        if not any(data_steps.missing_partitions(source_lake, start, end) for _, start, end in WINDOWS):
             shutil.copytree(source, lake.path("raw"))
             return f"copied from {source}"
     land_range(lake, YEAR_START, YEAR_END)
@@ -207,10 +207,10 @@ def raw_lake(lake) -> str:
 
 def build_version(lake, settings, cfg, start: dt.date, end: dt.date) -> dict[str, Any]:
     """One dataset version through the real job, the quality gate and the publish step."""
-    from mlpipeline.data import generation
+    from mlpipeline.data import steps as data_steps
     from mlpipeline.data.datasets import JOB_SCRIPT
 
-    plan = generation.prepare(
+    plan = data_steps.prepare(
         kind="training",
         name=cfg.dataset.name,
         version=end.isoformat(),
@@ -225,8 +225,8 @@ def build_version(lake, settings, cfg, start: dt.date, end: dt.date) -> dict[str
     )
     if result.returncode != 0:
         raise RuntimeError(f"build_dataset.py {end} exited {result.returncode}:\n{result.stderr[-3000:]}")
-    quality = generation.gate(plan, lake=lake, cfg=cfg)
-    return generation.publish_training(plan, quality, lake=lake, cfg=cfg)
+    quality = data_steps.gate(plan, lake=lake, cfg=cfg)
+    return data_steps.publish_training(plan, quality, lake=lake, cfg=cfg)
 
 
 # ------------------------------------------------------------------------------------------
@@ -394,10 +394,10 @@ def mlflow_calls_per_trial(experiment_id: str) -> float:
 def run_tasks(version: str, n_trials: int) -> dict[str, Any]:
     import mlflow
 
-    from mlpipeline.training import pipeline
+    from mlpipeline.training import steps as training_steps
 
-    train_s, trained = timed(lambda: pipeline.train_candidate(version, context=None, n_trials=n_trials))
-    register_s, registered = timed(lambda: pipeline.register_candidate(trained, None))
+    train_s, trained = timed(lambda: training_steps.train_candidate(version, context=None, n_trials=n_trials))
+    register_s, registered = timed(lambda: training_steps.register_candidate(trained, None))
     run = mlflow.get_run(trained["run_id"])
     children = child_runs(trained["experiment_id"], trained["run_id"])
     search_span = (
@@ -477,10 +477,10 @@ def bench(base: Path, args: argparse.Namespace) -> dict[str, Any]:
 
     import mlflow
 
-    from mlpipeline.config import get_settings
     from mlpipeline.data import datasets
     from mlpipeline.lake import Lake
     from mlpipeline.pipeline_config import get_pipeline_config
+    from mlpipeline.settings import get_settings
     from mlpipeline.training import tracking, train
 
     settings, cfg = get_settings(), get_pipeline_config()

@@ -14,7 +14,8 @@ publish and says exactly why.
   `build_dataset` (`SparkSubmitOperator`, `spark_jobs/build_dataset.py`, master from the
   `spark_default` connection) → `quality_gate` (Great Expectations; on failure the staged
   data goes to `quarantine/` with the result, nothing is published) → `publish` (atomic:
-  `_SUCCESS` with the manifest written last).
+  `_SUCCESS` with the manifest written last). The first four tasks are the task group
+  `build` that `golden_dataset` shares (`plugins/mlpipeline_airflow/dataset_build.py`).
 * **Produces**: Asset `training_dataset` (extra: version, window, rows, label rate, content
   hash, path, golden version and whether the window overlaps it).
 * **Needs**: connection `spark_default`; `MLP_LAKE_URI` (+ `aws_default` for `s3://`).
@@ -26,17 +27,14 @@ publish and says exactly why.
 from __future__ import annotations
 
 import datetime as dt
-import sys
 
-from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
-from mlpipeline_airflow.sensors import LakePartitionsSensor
+from mlpipeline_airflow.dataset_build import DatasetBuild, build_dataset_group, plan_from_xcom
 
 from mlpipeline.assets import TRAINING_DATASET
-from mlpipeline.config import get_settings
-from mlpipeline.dag_defaults import DEFAULT_ARGS, data_end, data_start, fail_without_retry, run_deadline
-from mlpipeline.data.datasets import JOB_SCRIPT
+from mlpipeline.dag_defaults import DEFAULT_ARGS, data_end, data_start, run_deadline
 from mlpipeline.pipeline_config import get_pipeline_config
+from mlpipeline.settings import get_settings
 
 DATASET = get_pipeline_config().dataset
 
@@ -53,12 +51,20 @@ def _version_day(context) -> dt.date:
 
 
 def _window_partitions(context) -> list[str]:
-    from mlpipeline.data.generation import required_partitions, training_window
-    from mlpipeline.pipeline_config import get_pipeline_config
+    from mlpipeline.data.steps import required_partitions, training_window
 
     day = _version_day(context)
     start, end = training_window(day, get_pipeline_config(), get_settings())
     return required_partitions(start, end)
+
+
+def _plan(context):
+    from mlpipeline.data import steps as data_steps
+
+    cfg = get_pipeline_config()
+    day = _version_day(context)
+    start, end = data_steps.training_window(day, cfg, get_settings())
+    return data_steps.prepare("training", cfg.dataset.name, day.isoformat(), start, end)
 
 
 def _record_missing(context, reason: str) -> None:
@@ -92,71 +98,35 @@ def _record_missing(context, reason: str) -> None:
     },
 )
 def dataset_generation():
-    wait_for_raw = LakePartitionsSensor(
-        task_id="wait_for_raw",
-        directories=_window_partitions,
-        what="raw partitions",
-        on_timeout=_record_missing,
-        poke_interval=DATASET.sensor_poke_interval_s,
-        timeout=DATASET.sensor_timeout_s,
+    _group, plan, gate = build_dataset_group(
+        DatasetBuild(
+            partitions=_window_partitions,
+            plan=_plan,
+            plan_errors=("BadInputError", "WindowError", "ValueError"),
+            spark_name="build_dataset_{{ ds }}",
+            prepare_doc="Stage the window's raw inputs and check them before Spark starts.",
+            gate_doc="Great Expectations gate: fail closed, quarantine what fails.",
+            sensor={
+                "on_timeout": _record_missing,
+                "poke_interval": DATASET.sensor_poke_interval_s,
+                "timeout": DATASET.sensor_timeout_s,
+            },
+        )
     )
-
-    @task
-    def prepare() -> dict:
-        """Stage the window's raw inputs and check them before Spark starts."""
-        from airflow.sdk import get_current_context
-
-        from mlpipeline.data import generation
-        from mlpipeline.pipeline_config import get_pipeline_config
-
-        cfg = get_pipeline_config()
-        with fail_without_retry(generation.BadInputError, generation.WindowError, ValueError):
-            day = _version_day(get_current_context())
-            start, end = generation.training_window(day, cfg, get_settings())
-            plan = generation.prepare("training", cfg.dataset.name, day.isoformat(), start, end)
-        return plan.as_dict() | {"job_args": plan.job_args()}
-
-    plan = prepare()
-
-    build_dataset = SparkSubmitOperator(
-        task_id="build_dataset",
-        application=str(JOB_SCRIPT),
-        application_args=plan["job_args"],
-        conn_id=get_settings().spark_conn_id,
-        name="build_dataset_{{ ds }}",
-        conf={"spark.pyspark.python": sys.executable, "spark.ui.showConsoleProgress": "false"},
-        execution_timeout=dt.timedelta(hours=1),
-    )
-
-    @task
-    def quality_gate(plan: dict) -> dict:
-        """Great Expectations gate: fail closed, quarantine what fails."""
-        from mlpipeline.data import generation
-
-        with fail_without_retry(generation.QualityGateError):
-            return generation.gate(generation.BuildPlan.from_dict(_plan_fields(plan)))
 
     @task(outlets=[TRAINING_DATASET])
     def publish(plan: dict, quality: dict, dag_run=None, outlet_events=None) -> dict:
         """Publish the version atomically and announce it."""
-        from mlpipeline.data import generation
+        from mlpipeline.data import steps as data_steps
 
-        manifest = generation.publish_training(
-            generation.BuildPlan.from_dict(_plan_fields(plan)),
-            quality,
-            run={"dag_id": dag_run.dag_id, "run_id": dag_run.run_id},
+        manifest = data_steps.publish_training(
+            plan_from_xcom(plan), quality, run={"dag_id": dag_run.dag_id, "run_id": dag_run.run_id}
         )
-        extra = generation.asset_extra(manifest)
+        extra = data_steps.asset_extra(manifest)
         outlet_events[TRAINING_DATASET].extra = extra
         return extra
 
-    gate = quality_gate(plan)
-    wait_for_raw >> plan >> build_dataset >> gate
     publish(plan, gate)
-
-
-def _plan_fields(plan: dict) -> dict:
-    return {k: v for k, v in plan.items() if k != "job_args"}
 
 
 dataset_generation()

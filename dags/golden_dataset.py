@@ -8,7 +8,8 @@ Builds the **frozen evaluation set** that every challenger and champion is compa
   next free one, `v1`, `v2`, …).
 * **Flow**: `check_version` (refuses a version that already exists, before any work) →
   `wait_for_raw` → `prepare` → `build_dataset` (the same Spark job as training datasets) →
-  `quality_gate` (the same suite) → `publish` (`golden/<name>/<version>/` with a manifest
+  `quality_gate` (the same suite; these four are the task group `build` of
+  `plugins/mlpipeline_airflow/dataset_build.py`, shared with `dataset_generation`) → `publish` (`golden/<name>/<version>/` with a manifest
   and content hash; never overwritten).
 * **Leakage**: training refuses any dataset whose window overlaps the current golden range;
   every training manifest records the golden version and whether it overlaps.
@@ -20,30 +21,39 @@ Builds the **frozen evaluation set** that every challenger and champion is compa
 from __future__ import annotations
 
 import datetime as dt
-import sys
 
 import pendulum
-from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Param, dag, task
-from mlpipeline_airflow.sensors import LakePartitionsSensor
+from mlpipeline_airflow.dataset_build import DatasetBuild, build_dataset_group, plan_from_xcom
 
 from mlpipeline.assets import GOLDEN_DATASET
-from mlpipeline.config import get_settings
-from mlpipeline.dag_defaults import DEFAULT_ARGS, fail_without_retry, run_deadline
-from mlpipeline.data.datasets import JOB_SCRIPT
+from mlpipeline.dag_defaults import DEFAULT_ARGS, run_deadline
 from mlpipeline.pipeline_config import get_pipeline_config
 
 GOLDEN = get_pipeline_config().golden
 
 
 def _golden_partitions(context) -> list[str]:
-    from mlpipeline.data.generation import required_partitions
+    from mlpipeline.data.steps import required_partitions
 
     params = context["params"]
     start, end = dt.date.fromisoformat(params["start"]), dt.date.fromisoformat(params["end"])
     if start > end:
         raise ValueError(f"golden range start {start} is after end {end}")
     return required_partitions(start, end)
+
+
+def _plan(context):
+    from mlpipeline.data import steps as data_steps
+
+    params = context["params"]
+    return data_steps.prepare(
+        "golden",
+        GOLDEN.name,
+        context["ti"].xcom_pull(task_ids="check_version"),  # the form's version, or the next free one
+        dt.date.fromisoformat(params["start"]),
+        dt.date.fromisoformat(params["end"]),
+    )
 
 
 @dag(
@@ -106,72 +116,35 @@ def golden_dataset():
             )
         return version
 
-    wait_for_raw = LakePartitionsSensor(
-        task_id="wait_for_raw",
-        directories=_golden_partitions,
-        what="raw partitions",
-        poke_interval=30,
-        timeout=600,
+    group, plan, gate = build_dataset_group(
+        DatasetBuild(
+            partitions=_golden_partitions,
+            plan=_plan,
+            plan_errors=("BadInputError",),
+            spark_name="build_golden_{{ ti.xcom_pull(task_ids='check_version') }}",
+            prepare_doc="Stage the range's raw inputs and check them before Spark starts.",
+            gate_doc="The same Great Expectations gate as training datasets.",
+            sensor={"poke_interval": 30, "timeout": 600},
+        )
     )
-
-    @task
-    def prepare(version: str, params=None) -> dict:
-        """Stage the range's raw inputs and check them before Spark starts."""
-        from mlpipeline.data import generation
-
-        with fail_without_retry(generation.BadInputError):
-            plan = generation.prepare(
-                "golden",
-                GOLDEN.name,
-                version,
-                dt.date.fromisoformat(params["start"]),
-                dt.date.fromisoformat(params["end"]),
-            )
-        return plan.as_dict() | {"job_args": plan.job_args()}
-
-    version = check_version()
-    plan = prepare(version)
-
-    build_dataset = SparkSubmitOperator(
-        task_id="build_dataset",
-        application=str(JOB_SCRIPT),
-        application_args=plan["job_args"],
-        conn_id=get_settings().spark_conn_id,
-        name="build_golden_{{ ti.xcom_pull(task_ids='check_version') }}",
-        conf={"spark.pyspark.python": sys.executable, "spark.ui.showConsoleProgress": "false"},
-        execution_timeout=dt.timedelta(hours=1),
-    )
-
-    @task
-    def quality_gate(plan: dict) -> dict:
-        """The same Great Expectations gate as training datasets."""
-        from mlpipeline.data import generation
-
-        with fail_without_retry(generation.QualityGateError):
-            return generation.gate(generation.BuildPlan.from_dict(_plan_fields(plan)))
 
     @task(outlets=[GOLDEN_DATASET])
     def publish(plan: dict, quality: dict, params=None, dag_run=None, outlet_events=None) -> dict:
         """Sample and publish the frozen set (an existing version is refused)."""
-        from mlpipeline.data import generation
+        from mlpipeline.data import steps as data_steps
 
-        manifest = generation.publish_golden(
-            generation.BuildPlan.from_dict(_plan_fields(plan)),
+        manifest = data_steps.publish_golden(
+            plan_from_xcom(plan),
             quality,
             sample_size=int(params["sample_size"]),
             run={"dag_id": dag_run.dag_id, "run_id": dag_run.run_id},
         )
-        extra = generation.asset_extra(manifest)
+        extra = data_steps.asset_extra(manifest)
         outlet_events[GOLDEN_DATASET].extra = extra
         return extra
 
-    gate = quality_gate(plan)
-    version >> wait_for_raw >> plan >> build_dataset >> gate
+    check_version() >> group
     publish(plan, gate)
-
-
-def _plan_fields(plan: dict) -> dict:
-    return {k: v for k, v in plan.items() if k != "job_args"}
 
 
 golden_dataset()

@@ -47,6 +47,7 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 from mlpipeline_airflow.sensors import LakePartitionsSensor
 
+from mlpipeline import locations
 from mlpipeline.dag_defaults import DEFAULT_ARGS, data_end, data_start, run_deadline
 from mlpipeline.pipeline_config import get_pipeline_config
 
@@ -54,7 +55,7 @@ MONITORING = get_pipeline_config().monitoring
 
 
 def _traffic_partition(context) -> list[str]:
-    return [f"serving/predictions/dt={context['data_interval_start'].date().isoformat()}"]
+    return [locations.predictions_dir(context["data_interval_start"].date())]
 
 
 def _no_traffic(context, reason: str) -> None:

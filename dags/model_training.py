@@ -67,13 +67,13 @@ def model_training():
     @task
     def check_dataset(triggering_asset_events=None, params=None, dag_run=None) -> dict:
         """Which dataset version, and may it be trained on."""
-        from mlpipeline.training import pipeline
+        from mlpipeline.training import steps as training_steps
 
-        with fail_without_retry(pipeline.TrainingInputError):
-            version = pipeline.requested_version(
+        with fail_without_retry(training_steps.TrainingInputError):
+            version = training_steps.requested_version(
                 triggering_asset_events, params, manual=dag_run.run_type == "manual"
             )
-            manifest = pipeline.check_dataset(version)
+            manifest = training_steps.check_dataset(version)
         return {
             "version": version,
             "window": manifest["window"],
@@ -84,21 +84,23 @@ def model_training():
     @task
     def train_model(dataset: dict) -> dict:
         """Search, fit and log the model in one MLflow parent run."""
-        from mlpipeline.training import pipeline
+        from mlpipeline.training import steps as training_steps
 
         context = get_current_context()
-        with fail_without_retry(pipeline.TrainingInputError):  # refused data; MLflow down is retried
-            trained = pipeline.train_candidate(dataset["version"], context, n_trials=dataset.get("n_trials"))
+        with fail_without_retry(training_steps.TrainingInputError):  # refused data; MLflow down is retried
+            trained = training_steps.train_candidate(
+                dataset["version"], context, n_trials=dataset.get("n_trials")
+            )
         push_link(context["ti"], MLFLOW_RUN_URL_KEY, trained["run_url"])
         return trained
 
     @task(outlets=[MODEL_CANDIDATE])
     def register_challenger(trained: dict, outlet_events=None) -> dict:
         """Register the version (once per Airflow run) and point alias challenger at it."""
-        from mlpipeline.training import pipeline
+        from mlpipeline.training import steps as training_steps
 
         context = get_current_context()
-        registered = pipeline.register_candidate(trained, context)
+        registered = training_steps.register_candidate(trained, context)
         push_link(context["ti"], MLFLOW_RUN_URL_KEY, registered["run_url"])
         outlet_events[MODEL_CANDIDATE].extra = registered
         return registered

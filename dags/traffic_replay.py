@@ -5,6 +5,10 @@ The demo's **production traffic and its delayed ground truth**: sends the flight
 on day D to the model server as prediction requests, and lands the true outcomes of an
 earlier day, as a monitoring job would later find them.
 
+**Demo-only DAG**: it stands in for real clients and a real label feed, so it drives the
+traffic simulator of `mlpipeline.local.replay` (the only DAG allowed to import
+`mlpipeline.local`; `tests/dags/test_house_rules.py`). A production deployment leaves it out.
+
 * **Schedule**: daily, data interval = one day (`[D, D+1)`), from `MLP_DATA_START` to
   `MLP_DATA_END`; `catchup=False`, so nothing runs by itself: **backfill** a range from the UI
   (*Trigger → Backfill*) or `airflow backfill create --dag-id traffic_replay --from-date
@@ -45,7 +49,7 @@ import datetime as dt
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
 from mlpipeline.dag_defaults import DEFAULT_ARGS, data_end, data_start, fail_without_retry, run_deadline
-from mlpipeline.serving.replay import REPLAY_BATCH_SIZE, REPLAY_RATE_PER_S
+from mlpipeline.local.replay import REPLAY_BATCH_SIZE, REPLAY_RATE_PER_S
 
 
 @dag(
@@ -82,9 +86,9 @@ def traffic_replay():
     @task(execution_timeout=dt.timedelta(minutes=30))
     def replay_traffic(data_interval_start=None, params=None) -> dict:
         """Send day D's scheduled flights to the model server at a bounded rate."""
-        from mlpipeline.config import get_settings
         from mlpipeline.lake import Lake
-        from mlpipeline.serving import replay
+        from mlpipeline.local import replay
+        from mlpipeline.settings import get_settings
 
         with fail_without_retry(replay.RowsRejectedError):
             result = replay.replay_traffic(
@@ -101,9 +105,9 @@ def traffic_replay():
         """Land the true outcomes of day D - LABEL_DELAY_DAYS (labels arrive after the traffic)."""
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from mlpipeline.config import get_settings
         from mlpipeline.lake import Lake
-        from mlpipeline.serving import replay
+        from mlpipeline.local import replay
+        from mlpipeline.settings import get_settings
 
         traffic_day = data_interval_start.date()
         labels_day = replay.labels_day_for(traffic_day, get_settings().data_start)

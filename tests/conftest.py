@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "include"))
@@ -26,7 +27,6 @@ sys.path.insert(0, str(ROOT / "plugins"))  # Airflow puts the plugins folder on 
 
 _SESSION: dict[str, object] = {}
 
-from ports import free_port  # noqa: E402
 from stack_fixtures import demo_stack  # noqa: E402, F401  (the shared running stack, a session fixture)
 
 
@@ -74,8 +74,8 @@ def _drop_postgres_db(name: str) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from mlpipeline.config import load_settings
-    from mlpipeline.stack import airflow_environment
+    from mlpipeline.local.stack import airflow_environment
+    from mlpipeline.settings import load_settings
 
     base = Path(tempfile.mkdtemp(prefix="mlp-tests-"))
     _SESSION["base"] = base
@@ -154,7 +154,7 @@ def airflow_db() -> str:
         check=False,
     )
     assert result.returncode == 0, f"airflow db migrate failed:\n{result.stdout}\n{result.stderr}"
-    from mlpipeline.stack import ensure_pools
+    from mlpipeline.local.stack import ensure_pools
 
     ensure_pools(os.environ.copy(), session_dir_path() / "pools.log")
     return os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
@@ -208,8 +208,8 @@ def lake(request: pytest.FixtureRequest, tmp_path: Path):
 @pytest.fixture
 def settings_env(monkeypatch: pytest.MonkeyPatch):
     """Set ``MLP_*`` variables for one test and reload the cached settings."""
-    from mlpipeline.config import get_settings
     from mlpipeline.pipeline_config import get_pipeline_config
+    from mlpipeline.settings import get_settings
 
     def apply(**values: str):
         for key, value in values.items():
@@ -258,7 +258,7 @@ def mlflow_server(session_dir: Path) -> str:
     os.environ["AIRFLOW_CONN_MLFLOW_DEFAULT"] = json.dumps(
         {"conn_type": "http", "host": "127.0.0.1", "port": port, "schema": "http"}
     )
-    from mlpipeline.config import get_settings
+    from mlpipeline.settings import get_settings
 
     get_settings.cache_clear()
     return uri

@@ -1,4 +1,4 @@
-"""A free loopback TCP port, for the servers the tests start."""
+"""The one ``free_port`` of the test suite (``tests/`` is on ``sys.path``)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import socket
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

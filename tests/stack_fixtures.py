@@ -79,7 +79,7 @@ def demo_stack(tmp_path_factory) -> Iterator[DemoStack]:
     """``python -m mlpipeline demo`` once on a fresh state folder; ``down`` at the end of the session."""
     from e2e.dataset_helpers import write_test_config
 
-    from mlpipeline.stack import _group_alive
+    from mlpipeline.local.stack import _group_alive
 
     attach = os.environ.get("TEST_ATTACH_STACK")
     if attach:
@@ -120,7 +120,7 @@ def demo_stack(tmp_path_factory) -> Iterator[DemoStack]:
 
 
 def _attached(env_file: Path) -> DemoStack:
-    from mlpipeline.envfile import parse_env_file
+    from mlpipeline.local.envfile import parse_env_file
 
     values = parse_env_file(env_file)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLP_"))} | values

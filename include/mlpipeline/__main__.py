@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 
-from mlpipeline.config import PROJECT_ROOT, SettingsError, get_settings
-from mlpipeline.envfile import load_env_file
+from mlpipeline.local.envfile import load_env_file
+from mlpipeline.settings import PROJECT_ROOT, SettingsError, get_settings
 
 
 def _date(value: str) -> dt.date:
@@ -42,7 +43,7 @@ def cmd_land(args: argparse.Namespace) -> int:
 
 
 def cmd_up(_args: argparse.Namespace) -> int:
-    from mlpipeline import stack
+    from mlpipeline.local import stack
 
     settings = get_settings()
     stack.up(settings)
@@ -51,7 +52,7 @@ def cmd_up(_args: argparse.Namespace) -> int:
 
 
 def cmd_down(_args: argparse.Namespace) -> int:
-    from mlpipeline import stack
+    from mlpipeline.local import stack
 
     stopped = stack.down(get_settings())
     print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
@@ -59,7 +60,7 @@ def cmd_down(_args: argparse.Namespace) -> int:
 
 
 def cmd_status(_args: argparse.Namespace) -> int:
-    from mlpipeline import stack
+    from mlpipeline.local import stack
 
     rows = stack.status(get_settings())
     for row in rows:
@@ -69,7 +70,7 @@ def cmd_status(_args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from mlpipeline import stack
+    from mlpipeline.local import stack
 
     paths = stack.StackPaths(get_settings().state_dir)
     for path in sorted(paths.log_dir.glob("*.log")):
@@ -82,7 +83,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(_args: argparse.Namespace) -> int:
-    from mlpipeline import demo
+    from mlpipeline.local import demo
 
     return demo.run(get_settings())
 
@@ -101,7 +102,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _print_access(settings) -> None:
-    from mlpipeline import stack
+    from mlpipeline.local import stack
 
     secrets = stack.load_or_create_secrets(stack.StackPaths(settings.state_dir), settings)
     print(
@@ -142,8 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_progress_bars(interactive: bool | None = None) -> None:
+    """MLflow's artifact-download progress bars off unless stderr is a terminal (an explicit
+    ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` wins): piped or logged output stays readable."""
+    if not (sys.stderr.isatty() if interactive is None else interactive):
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def main(argv: list[str] | None = None) -> int:
     load_env_file(PROJECT_ROOT / ".env")
+    quiet_progress_bars()
     args = build_parser().parse_args(argv)
     try:
         get_settings()
@@ -152,11 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # a clear one-line reason, not a deep traceback, for known failures
-        from mlpipeline.airflow_api import AirflowApiError
         from mlpipeline.data.datasets import DatasetError
         from mlpipeline.data.landing import LandingError
         from mlpipeline.lake import LakeError
-        from mlpipeline.stack import StackError
+        from mlpipeline.local.airflow_api import AirflowApiError
+        from mlpipeline.local.stack import StackError
         from mlpipeline.training.tracking import MlflowUnavailableError
 
         known = (StackError, LandingError, LakeError, AirflowApiError, DatasetError, MlflowUnavailableError)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pendulum
 from mlpipeline_airflow.notifiers import AlarmNotifier, run_deadline
 
-from mlpipeline.config import get_settings
+from mlpipeline.settings import get_settings
 
 DEFAULT_ARGS = {
     "owner": "ml-platform",

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import fsspec
     import pandas as pd
 
-    from mlpipeline.config import Settings
+    from mlpipeline.settings import Settings
 
 SUCCESS_MARKER = "_SUCCESS"
 ATTEMPTS_DIR = "_attempts"
@@ -82,7 +82,7 @@ class Lake:
     def from_settings(cls, settings: Settings | None = None) -> Lake:
         """Open the lake the settings name."""
         if settings is None:
-            from mlpipeline.config import get_settings
+            from mlpipeline.settings import get_settings
 
             settings = get_settings()
         return cls.from_uri(settings.resolved_lake_uri, settings.aws_conn_id)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mlpipeline.config import PROJECT_ROOT, get_settings
+from mlpipeline.settings import PROJECT_ROOT, get_settings
 
 CONFIG_DIR = PROJECT_ROOT / "include" / "config"
 

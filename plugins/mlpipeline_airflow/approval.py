@@ -24,7 +24,7 @@ def approval_required() -> bool:
     """The Variable ``mlp_require_approval`` when set, else the ``MLP_REQUIRE_APPROVAL`` setting."""
     from airflow.sdk import Variable
 
-    from mlpipeline.config import get_settings
+    from mlpipeline.settings import get_settings
 
     override = Variable.get(APPROVAL_VARIABLE, default=None)
     if override is not None and str(override).strip():

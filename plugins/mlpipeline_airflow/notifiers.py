@@ -70,7 +70,7 @@ def run_deadline(hours: float, enabled: bool | None = None):
     from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference
 
     if enabled is None:
-        from mlpipeline.config import get_settings
+        from mlpipeline.settings import get_settings
 
         enabled = get_settings().deadline_alerts
     if not enabled:

@@ -26,7 +26,7 @@ REPORT_URL = "http://127.0.0.1:8080/reports/drift/2013-02-01.html"
 def test_plugin_is_discovered_from_the_plugins_folder():
     from airflow import plugins_manager, settings
 
-    from mlpipeline.config import PROJECT_ROOT
+    from mlpipeline.settings import PROJECT_ROOT
 
     assert settings.PLUGINS_FOLDER == str(PROJECT_ROOT / "plugins")
     plugins, import_errors = plugins_manager._get_plugins()

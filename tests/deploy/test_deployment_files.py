@@ -340,7 +340,7 @@ def test_pipeline_settings_are_accepted_by_the_config_module(
     project_services: dict[str, dict],
 ) -> None:
     """Unknown or malformed MLP_* variables make every pipeline process fail at start."""
-    from mlpipeline.config import load_settings
+    from mlpipeline.settings import load_settings
 
     for name, service in project_services.items():
         mlp = {k: interpolate(v, TEST_ENV) for k, v in env_of(service).items() if k.startswith("MLP_")}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pendulum
 import yaml
 
-from mlpipeline.config import PROJECT_ROOT
+from mlpipeline.settings import PROJECT_ROOT
 
 TRAIN_DAYS = (dt.date(2013, 1, 1), dt.date(2013, 1, 7))
 GOLDEN_DAYS = (dt.date(2013, 1, 20), dt.date(2013, 1, 22))

@@ -10,12 +10,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from ports import free_port
+
 
 @contextlib.contextmanager
 def settings_environ(values: dict[str, str]) -> Iterator[None]:
     """Set ``MLP_*`` variables for a whole module (cached settings reloaded), restore them after."""
-    from mlpipeline.config import get_settings
     from mlpipeline.pipeline_config import get_pipeline_config
+    from mlpipeline.settings import get_settings
 
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
@@ -31,6 +33,21 @@ def settings_environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
         get_settings.cache_clear()
         get_pipeline_config.cache_clear()
+
+
+def module_settings(root: Path, admin_token: str, **extra: str) -> tuple[int, dict[str, str]]:
+    """A free server port and the ``MLP_*`` values of a module with its own lake, state and
+    pipeline file (``root/pipeline.yaml``), the model server on that port (+ ``extra``)."""
+    port = free_port()
+    values = {
+        "MLP_LAKE_URI": f"file://{root / 'lake'}",
+        "MLP_PIPELINE_CONFIG": str(root / "pipeline.yaml"),
+        "MLP_STATE_DIR": str(root / "state"),
+        "MLP_SERVING_PORT": str(port),
+        "MLP_SERVING_ADMIN_TOKEN": admin_token,
+        **extra,
+    }
+    return port, values
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from dataset_helpers import TRAIN_DAYS, load_dag, run_for_day, states, write_test_config
+from ports import free_port
 from serving_env import settings_environ
 
 from mlpipeline.data import datasets
@@ -25,12 +25,6 @@ from mlpipeline.lake import Lake
 pytestmark = pytest.mark.spark
 
 DAY = dt.date(2013, 1, 5)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +51,7 @@ def spark_cluster(tmp_path: Path):
     import pyspark
 
     spark_home = Path(pyspark.__file__).parent
-    port, ui_port, worker_ui = _free_port(), _free_port(), _free_port()
+    port, ui_port, worker_ui = free_port(), free_port(), free_port()
     env = {**os.environ, "SPARK_HOME": str(spark_home), "SPARK_LOG_DIR": str(tmp_path / "logs")}
     env.pop("SPARK_MASTER_PORT", None)
     logs = []

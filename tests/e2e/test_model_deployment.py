@@ -4,29 +4,22 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import socket
 from pathlib import Path
 
 import httpx
 import mlflow
 import pytest
-from serving_env import model_server, settings_environ
+from serving_env import model_server, module_settings, settings_environ
 from serving_fixtures import CATEGORICAL, FEATURES, real_rows
 
-from mlpipeline.config import PROJECT_ROOT
 from mlpipeline.data import datasets
 from mlpipeline.deployment import registry, steps
 from mlpipeline.lake import Lake
+from mlpipeline.settings import PROJECT_ROOT
 from mlpipeline.training import tracking
 
 MODEL = "flight_delay_deploy_test"
 TOKEN = "deploy-test-token"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +33,7 @@ def env(tmp_path_factory, mlflow_server, airflow_db):
     # The latency budget is loosened here only: a loaded 2-core CI machine must not flip decisions.
     cfg["deployment"].update({"slice_min_rows": 150, "engineering_repeats": 200, "max_p99_latency_ms": 100.0})
     (root / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
-    port = _free_port()
-    values = {
-        "MLP_LAKE_URI": f"file://{root / 'lake'}",
-        "MLP_PIPELINE_CONFIG": str(root / "pipeline.yaml"),
-        "MLP_STATE_DIR": str(root / "state"),
-        "MLP_SERVING_PORT": str(port),
-        "MLP_SERVING_ADMIN_TOKEN": TOKEN,
-    }
+    port, values = module_settings(root, TOKEN)
     with settings_environ(values):
         lake = Lake.from_settings()
         golden = real_rows(n=3000, seed=42)
@@ -55,7 +41,7 @@ def env(tmp_path_factory, mlflow_server, airflow_db):
             name="flights_delay_golden", kind="golden", version="v1", window=(dt.date(2013, 12, 1), dt.date(2013, 12, 30)),
             frames={"golden": golden}, job_stats={}, quality={"success": True}, params={}, golden=None,
         )  # fmt: skip
-        datasets.publish_golden(lake, golden, manifest)
+        datasets.publish_golden_frame(lake, golden, manifest)
         with model_server(root, port, MLP_SERVING_POLL_S="1") as url:
             yield {"lake": lake, "url": url, "root": root}
 

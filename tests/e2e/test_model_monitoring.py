@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import socket
 import time
 
 import httpx
@@ -19,25 +18,20 @@ import mlflow
 import pendulum
 import pytest
 import yaml
-from serving_env import model_server, settings_environ
+from serving_env import model_server, module_settings, settings_environ
 from training_helpers import TRAIN_VERSION, build_lake
 
-from mlpipeline.config import PROJECT_ROOT
 from mlpipeline.data.landing import land_range
 from mlpipeline.deployment import registry, steps
-from mlpipeline.monitoring import alarms, scenarios
-from mlpipeline.serving import replay
-from mlpipeline.training import pipeline, tracking
+from mlpipeline.local import replay, scenarios
+from mlpipeline.monitoring import alarms
+from mlpipeline.settings import PROJECT_ROOT
+from mlpipeline.training import steps as training_steps
+from mlpipeline.training import tracking
 
 pytestmark = pytest.mark.spark
 MODEL = "flight_delay_monitor_test"
 TOKEN = "monitor-test-token"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _client():
@@ -59,25 +53,17 @@ def env(tmp_path_factory, mlflow_server, airflow_db):
         {"sensor_poke_interval_s": 1, "sensor_timeout_s": 3, "max_p99_latency_ms": 250.0}
     )
     (root / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
-    port = _free_port()
-    values = {
-        "MLP_LAKE_URI": f"file://{root / 'lake'}",
-        "MLP_PIPELINE_CONFIG": str(root / "pipeline.yaml"),
-        "MLP_STATE_DIR": str(root / "state"),
-        "MLP_SERVING_PORT": str(port),
-        "MLP_SERVING_ADMIN_TOKEN": TOKEN,
-        "MLP_ALLOW_FORCE_PROMOTE": "true",
-    }
+    port, values = module_settings(root, TOKEN, MLP_ALLOW_FORCE_PROMOTE="true")
     with settings_environ(values):
-        from mlpipeline.config import get_settings
         from mlpipeline.pipeline_config import get_pipeline_config
+        from mlpipeline.settings import get_settings
 
         lake = build_lake(root / "lake", get_settings(), get_pipeline_config())
         land_range(lake, dt.date(2013, 1, 11), dt.date(2013, 1, 14))
         land_range(lake, dt.date(2013, 7, 13), dt.date(2013, 7, 15))
         with model_server(root, port, MLP_SERVING_POLL_S="1", MLP_SERVING_LOG_FLUSH_S="0.5") as url:
-            trained = pipeline.train_candidate(TRAIN_VERSION.isoformat(), n_trials=3)
-            registered = pipeline.register_candidate(trained)
+            trained = training_steps.train_candidate(TRAIN_VERSION.isoformat(), n_trials=3)
+            registered = training_steps.register_candidate(trained)
             evaluated = steps.evaluate_candidate({"model": MODEL, "version": str(registered["version"])})
             assert evaluated["decision"] == "promote", evaluated
             steps.promote(evaluated, actor="test:setup")

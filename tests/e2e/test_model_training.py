@@ -14,10 +14,11 @@ import yaml
 from serving_env import settings_environ
 from training_helpers import TRAIN_VERSION, build_lake
 
-from mlpipeline.config import PROJECT_ROOT
 from mlpipeline.data import datasets
 from mlpipeline.lake import Lake
-from mlpipeline.training import pipeline, tracking
+from mlpipeline.settings import PROJECT_ROOT
+from mlpipeline.training import steps as training_steps
+from mlpipeline.training import tracking
 from mlpipeline.training.train import TrainingInputError
 
 pytestmark = pytest.mark.spark
@@ -28,8 +29,8 @@ MODEL = "flight_delay"
 @pytest.fixture(scope="module")
 def trained_env(tmp_path_factory, mlflow_server, airflow_db):
     """Settings pointing at a lake with one real dataset version and golden set; 4-trial budget."""
-    from mlpipeline.config import get_settings
     from mlpipeline.pipeline_config import get_pipeline_config
+    from mlpipeline.settings import get_settings
 
     root = tmp_path_factory.mktemp("training")
     cfg = yaml.safe_load((PROJECT_ROOT / "include" / "config" / "pipeline.yaml").read_text())
@@ -114,9 +115,9 @@ def test_retries_do_not_register_twice(trained_env, training_run):
         "dag_run": SimpleNamespace(dag_id="model_training", run_id=run.run_id),
         "ti": SimpleNamespace(dag_id="model_training", run_id=run.run_id, try_number=2),
     }
-    trained = pipeline.train_candidate(VERSION, context)  # the finished run is reused
+    trained = training_steps.train_candidate(VERSION, context)  # the finished run is reused
     assert trained["run_id"] == training_run.registered["run_id"]
-    again = pipeline.register_candidate(trained, context)
+    again = training_steps.register_candidate(trained, context)
     assert again["version"] == training_run.registered["version"]
     assert len(client.search_model_versions(f"name='{MODEL}'")) == len(before)
 
@@ -140,11 +141,11 @@ def _versions() -> int:
 def test_bad_inputs_fail_before_any_registration(trained_env, training_run, tmp_path):
     count = _versions()
     with pytest.raises(
-        pipeline.DatasetRefusedError, match="dataset flights_delay version 2013-03-01 is not published"
+        training_steps.DatasetRefusedError, match="dataset flights_delay version 2013-03-01 is not published"
     ):
-        pipeline.train_candidate("2013-03-01")
+        training_steps.train_candidate("2013-03-01")
     with pytest.raises(TrainingInputError, match="a search budget of 0 trials"):
-        pipeline.train_candidate(VERSION, n_trials=0)
+        training_steps.train_candidate(VERSION, n_trials=0)
 
     # A version whose label has one class only (published properly, so its hash is right).
     manifest, frames = datasets.load_dataset(trained_env, "flights_delay", VERSION)
@@ -160,15 +161,15 @@ def test_bad_inputs_fail_before_any_registration(trained_env, training_run, tmp_
     )  # fmt: skip
     datasets.publish_dataset(trained_env, staged, bad)
     with pytest.raises(TrainingInputError, match="label is_delayed has one class only"):
-        pipeline.train_candidate("2013-01-09")
+        training_steps.train_candidate("2013-01-09")
 
     # A published file changed after publishing: the manifest hash check refuses it.
     commit = trained_env.read_commit(datasets.dataset_dir("flights_delay", "2013-01-09"))
     path = next(p for p in commit.file_paths() if "/train/" in p)
     tampered = one_class["train"].assign(distance=1.0)
     trained_env.write_bytes(path, tampered.to_parquet(index=False))
-    with pytest.raises(pipeline.DatasetRefusedError, match="does not match its manifest"):
-        pipeline.train_candidate("2013-01-09")
+    with pytest.raises(training_steps.DatasetRefusedError, match="does not match its manifest"):
+        training_steps.train_candidate("2013-01-09")
     assert _versions() == count
 
 
@@ -180,10 +181,10 @@ def test_dataset_overlapping_the_golden_set_is_refused(trained_env, training_run
         frames={"golden": golden}, job_stats={}, quality={}, params={}, golden=None,
     )  # fmt: skip
     lake: Lake = trained_env
-    datasets.publish_golden(lake, golden, manifest)
+    datasets.publish_golden_frame(lake, golden, manifest)
     try:
-        with pytest.raises(pipeline.DatasetRefusedError, match="overlaps golden set v2-overlap"):
-            pipeline.check_dataset(VERSION)
+        with pytest.raises(training_steps.DatasetRefusedError, match="overlaps golden set v2-overlap"):
+            training_steps.check_dataset(VERSION)
     finally:
         lake.delete(datasets.golden_dir("flights_delay_golden", "v2-overlap"))
 
@@ -197,4 +198,4 @@ def test_mlflow_down_fails_clearly(trained_env, monkeypatch):
         tracking.MlflowUnavailableError,
         match=r"MLflow tracking server http://127\.0\.0\.1:9 is not reachable",
     ):
-        pipeline.train_candidate(VERSION)
+        training_steps.train_candidate(VERSION)

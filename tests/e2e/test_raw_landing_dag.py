@@ -27,7 +27,7 @@ def run_for_day(dag, day: dt.date):
 def raw_landing_dag(airflow_db):
     from airflow.dag_processing.dagbag import DagBag
 
-    from mlpipeline.config import PROJECT_ROOT
+    from mlpipeline.settings import PROJECT_ROOT
 
     bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "raw_landing.py"))
     assert bag.import_errors == {}
@@ -69,7 +69,7 @@ def test_no_runs_past_the_data_end(raw_landing_dag, settings_env, tmp_path):
 def test_landing_outside_the_replayed_data_fails_the_task(airflow_db, settings_env, tmp_path, capfd):
     from airflow.dag_processing.dagbag import DagBag
 
-    from mlpipeline.config import PROJECT_ROOT
+    from mlpipeline.settings import PROJECT_ROOT
 
     # Schedules that reach past the data (a misconfiguration) fail with a clear reason.
     settings = settings_env(lake_uri=f"file://{tmp_path}/lake", data_end="2014-12-31")

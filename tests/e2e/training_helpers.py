@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from mlpipeline.data import generation
+from mlpipeline.data import steps as data_steps
 from mlpipeline.data.landing import land_range
 from mlpipeline.lake import Lake
 
@@ -28,14 +28,14 @@ def build_lake(root: Path, settings, cfg) -> Lake:
         ("golden", cfg.golden.name, "v1", GOLDEN_WINDOW),
         ("training", cfg.dataset.name, TRAIN_VERSION.isoformat(), TRAIN_WINDOW),
     ):
-        plan = generation.prepare(kind, name, version, *window, lake=lake, settings=settings, cfg=cfg)
+        plan = data_steps.prepare(kind, name, version, *window, lake=lake, settings=settings, cfg=cfg)
         result = subprocess.run(
             [sys.executable, str(JOB_SCRIPT), *plan.job_args()], capture_output=True, text=True, check=False
         )
         assert result.returncode == 0, result.stderr[-3000:]
-        quality = generation.gate(plan, lake=lake, cfg=cfg)
+        quality = data_steps.gate(plan, lake=lake, cfg=cfg)
         if kind == "golden":
-            generation.publish_golden(plan, quality, sample_size=2000, lake=lake)
+            data_steps.publish_golden(plan, quality, sample_size=2000, lake=lake)
         else:
-            generation.publish_training(plan, quality, lake=lake, cfg=cfg)
+            data_steps.publish_training(plan, quality, lake=lake, cfg=cfg)
     return lake

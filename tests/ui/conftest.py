@@ -9,7 +9,7 @@ import pytest
 from browser import CHROMIUM_ARGS, INSTALL_HINT, AirflowUI, find_chromium
 from stack_fixtures import ADMIN_PASSWORD, DemoStack
 
-from mlpipeline.airflow_api import AirflowApi
+from mlpipeline.local.airflow_api import AirflowApi
 
 
 @pytest.fixture(scope="session")

@@ -332,7 +332,7 @@ def test_footer_reader_types(tmp_path):
     )
     path = tmp_path / "t.parquet"
     pq.write_table(table, path)
-    assert job.parquet_columns(str(path)) == {
+    assert job.parquet_footer.parquet_columns(str(path)) == {
         "i8": "tinyint",
         "i16": "smallint",
         "i32": "int",
@@ -354,7 +354,7 @@ def test_footer_reader_types(tmp_path):
     }
     path.write_bytes(b"not parquet at all")
     with pytest.raises(ValueError, match="PAR1"):
-        job.parquet_columns(str(path))
+        job.parquet_footer.parquet_columns(str(path))
 
 
 @pytest.mark.spark
@@ -364,8 +364,8 @@ def test_canonicalize_footer_sorts_encodings(clean_run, tmp_path):
     original = clean_run / "train" / "part-00000.parquet"
     shuffled = tmp_path / "shuffled.parquet"
     data = bytearray(original.read_bytes())
-    footer, offset = job._read_footer(str(original))
-    metadata = job._Compact(footer).read_struct()
+    footer, offset = job.parquet_footer._read_footer(str(original))
+    metadata = job.parquet_footer._Compact(footer).read_struct()
     changed = 0
     for row_group in metadata[4]:
         for chunk in row_group[1]:
@@ -376,7 +376,7 @@ def test_canonicalize_footer_sorts_encodings(clean_run, tmp_path):
     assert changed
     shuffled.write_bytes(bytes(data))
     assert shuffled.read_bytes() != original.read_bytes()
-    assert job.canonicalize_footer(str(shuffled)) is True
+    assert job.parquet_footer.canonicalize_footer(str(shuffled)) is True
     assert shuffled.read_bytes() == original.read_bytes()
-    assert job.canonicalize_footer(str(shuffled)) is False
+    assert job.parquet_footer.canonicalize_footer(str(shuffled)) is False
     assert pd.read_parquet(shuffled).equals(pd.read_parquet(original))

@@ -61,9 +61,9 @@ def _golden_manifest(frame: pd.DataFrame, version: str = "v1") -> dict:
 def test_golden_is_frozen_and_verified(tmp_path):
     lake = Lake.from_uri(f"file://{tmp_path}/lake")
     frame = sample_frame()
-    datasets.publish_golden(lake, frame, _golden_manifest(frame))
+    datasets.publish_golden_frame(lake, frame, _golden_manifest(frame))
     with pytest.raises(datasets.DatasetError, match=r"already exists .* choose a new version name"):
-        datasets.publish_golden(lake, frame, _golden_manifest(frame))
+        datasets.publish_golden_frame(lake, frame, _golden_manifest(frame))
     meta, back = datasets.load_golden(lake, "g", "v1")
     assert meta["content_hash"] == datasets.content_hash({"golden": datasets.frame_hash(back)})
     info = datasets.current_golden(lake, "g")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from mlpipeline.envfile import load_env_file, parse_env_file
+from mlpipeline.local.envfile import load_env_file, parse_env_file
 
 
 def test_parse_quotes_comments_and_export(tmp_path: Path):

@@ -25,7 +25,14 @@ from mlpipeline.monitoring.checks import (
     quality_on_labels,
     scrape_server,
 )
-from mlpipeline.monitoring.decide import ALARM_ONLY, HEALTHY, RETRAIN, ROLLBACK, ChampionInfo, decide
+from mlpipeline.monitoring.decide import (
+    ALARM_ONLY,
+    HEALTHY,
+    RETRAIN,
+    ROLLBACK,
+    ChampionInfo,
+    monitoring_decision,
+)
 from mlpipeline.monitoring.drift import check_drift, dkw_bound
 from mlpipeline.pipeline_config import MonitoringConfig, get_pipeline_config
 
@@ -125,20 +132,20 @@ def test_decision_rules(cfg):
     old = ChampionInfo("3", "promote", "2025-12-01T00:00:00+00:00", "2")
     first = ChampionInfo("3", "promote", "2026-01-09T00:00:00+00:00", None)
     ok = [_f("traffic", OK), _f("drift", OK), _f("quality", OK), _f("engineering", OK), _f("consistency", OK)]
-    assert decide(ok, fresh, cfg, "m", "d", now).action == HEALTHY
+    assert monitoring_decision(ok, fresh, cfg, "m", "d", now).action == HEALTHY
     bad = [*ok[:2], _f("quality", BREACH), *ok[3:]]
-    rollback = decide(bad, fresh, cfg, "m", "d", now)
+    rollback = monitoring_decision(bad, fresh, cfg, "m", "d", now)
     assert (rollback.action, rollback.rollback_target) == (ROLLBACK, "2")
-    assert decide(bad, old, cfg, "m", "d", now).action == ALARM_ONLY
-    assert "no earlier champion" in " ".join(decide(bad, first, cfg, "m", "d", now).reasons)
+    assert monitoring_decision(bad, old, cfg, "m", "d", now).action == ALARM_ONLY
+    assert "no earlier champion" in " ".join(monitoring_decision(bad, first, cfg, "m", "d", now).reasons)
     drift = [ok[0], _f("drift", BREACH), *ok[2:]]
-    assert decide(drift, fresh, cfg, "m", "d", now).action == RETRAIN
+    assert monitoring_decision(drift, fresh, cfg, "m", "d", now).action == RETRAIN
     mismatch = [*ok[:4], _f("consistency", BREACH)]
-    decided = decide(mismatch, fresh, cfg, "m", "d", now)
+    decided = monitoring_decision(mismatch, fresh, cfg, "m", "d", now)
     assert decided.action == ALARM_ONLY
     assert decided.alarms[0]["check"] == "consistency"
     other_version = [*ok[:2], _f("quality", BREACH, version="2"), *ok[3:]]
-    assert decide(other_version, fresh, cfg, "m", "d", now).action == ALARM_ONLY
+    assert monitoring_decision(other_version, fresh, cfg, "m", "d", now).action == ALARM_ONLY
 
 
 class _Receiver(BaseHTTPRequestHandler):

@@ -10,7 +10,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,12 +20,15 @@ import httpx
 import pandas as pd
 import pendulum
 import pytest
+from ports import free_port
 from serving_fixtures import FEATURES, real_rows, save_model
 
+from mlpipeline import locations
 from mlpipeline.data import nycflights13_source as source
 from mlpipeline.data.landing import land_range, partition_dir
 from mlpipeline.lake import Lake
-from mlpipeline.serving import location, replay
+from mlpipeline.local import replay
+from mlpipeline.serving import features, location
 from mlpipeline.serving.prediction_log import read_day
 from mlpipeline.spark_jobs import build_dataset as job
 
@@ -62,12 +64,6 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
     """A small real model that knows every category of January (trained on all its flights)."""
     root = tmp_path_factory.mktemp("replay-models")
     return {"1": save_model(root / "v1", rounds=20, seed=0, frame=real_rows(n=100_000))}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:
@@ -130,7 +126,7 @@ def model_server(lake: Lake, state: Path, model_dir: Path | None) -> Iterator[Se
 # Request rows
 # ------------------------------------------------------------------------------------------
 def test_rows_for_a_real_landed_day(day_lake):
-    rows = replay.request_rows_for_day(day_lake, DAY, list(job.FEATURE_COLUMNS))
+    rows = features.request_rows_for_day(day_lake, DAY, list(job.FEATURE_COLUMNS))
     flights = source_flights(DAY)
     assert len(rows) == len(flights) == 901
     keys = [r["flight_key"] for r in rows]
@@ -178,7 +174,9 @@ def test_one_row_derived_by_hand(day_lake):
         f"{DAY.isoformat()}_{flight['carrier']}_{flight['flight']}_{flight['origin']}_"
         f"{flight['sched_dep_time']:04d}"
     )
-    rows = {r["flight_key"]: r for r in replay.request_rows_for_day(day_lake, DAY, [*FEATURES, "plane_age"])}
+    rows = {
+        r["flight_key"]: r for r in features.request_rows_for_day(day_lake, DAY, [*FEATURES, "plane_age"])
+    }
     row = rows[key]
     assert row == {
         "flight_key": key,
@@ -196,14 +194,18 @@ def test_one_row_derived_by_hand(day_lake):
 
 
 def test_rows_refuse_unknown_features_and_missing_raw(day_lake):
-    with pytest.raises(replay.ReplayError, match=r"feature\(s\) wingspan, which the dataset job"):
-        replay.request_rows_for_day(day_lake, DAY, ["month", "wingspan"])
-    with pytest.raises(replay.MissingRawError) as err:
-        replay.request_rows_for_day(day_lake, dt.date(2013, 1, 20), FEATURES)
+    with pytest.raises(
+        features.FeatureDerivationError, match=r"feature\(s\) wingspan, which the dataset job"
+    ):
+        features.request_rows_for_day(day_lake, DAY, ["month", "wingspan"])
+    with pytest.raises(features.MissingRawError) as err:
+        features.request_rows_for_day(day_lake, dt.date(2013, 1, 20), FEATURES)
     assert "raw/flights/dt=2013-01-20, raw/weather/dt=2013-01-20, raw/planes/dt=2013-01-20" in str(err.value)
     day_lake.delete(partition_dir("weather", DAY) + "/_SUCCESS")
-    with pytest.raises(replay.MissingRawError, match=r"1 raw partition\(s\) not committed: raw/weather/dt="):
-        replay.request_rows_for_day(day_lake, DAY, FEATURES)
+    with pytest.raises(
+        features.MissingRawError, match=r"1 raw partition\(s\) not committed: raw/weather/dt="
+    ):
+        features.request_rows_for_day(day_lake, DAY, FEATURES)
 
 
 @pytest.mark.spark
@@ -226,7 +228,7 @@ def test_replay_rows_equal_the_spark_job_output(raw_root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     spark = pd.concat([pd.read_parquet(output / s) for s in ("train", "validation")], ignore_index=True)
     assert len(spark) == 853  # the labelled flights
-    rows = {r["flight_key"]: r for r in replay.request_rows_for_day(lake, DAY, list(job.FEATURE_COLUMNS))}
+    rows = {r["flight_key"]: r for r in features.request_rows_for_day(lake, DAY, list(job.FEATURE_COLUMNS))}
     # the replay sends exactly the job's flights plus those without a label
     unlabelled = source_flights(DAY)["arr_delay"].isna().sum()
     assert set(spark["flight_key"]) <= set(rows)
@@ -255,11 +257,11 @@ def test_replay_rows_equal_the_spark_job_output(raw_root, tmp_path):
 # Replay against the real server
 # ------------------------------------------------------------------------------------------
 def test_replay_against_a_real_server(day_lake, model_dirs, tmp_path):
-    rows = replay.request_rows_for_day(day_lake, DAY, FEATURES)
+    rows = features.request_rows_for_day(day_lake, DAY, FEATURES)
     rate = 300.0
     with model_server(day_lake, tmp_path / "state", model_dirs["1"]) as server:
         assert replay.check_server(server.url)["version"] == "1"
-        assert replay.served_features(day_lake, MODEL, "1") == FEATURES
+        assert location.served_features(day_lake, MODEL, "1") == FEATURES
         result = replay.replay_day(server.url, rows, DAY, rate_per_s=rate, batch_size=1, timeout_s=60)
         assert (result.sent, result.ok, result.failed) == (len(rows), len(rows), 0)
         assert result.requests == len(rows)
@@ -286,7 +288,7 @@ def test_replay_against_a_real_server(day_lake, model_dirs, tmp_path):
 
 
 def test_batches_keep_the_rate_and_a_time_budget(day_lake, model_dirs, tmp_path):
-    rows = replay.request_rows_for_day(day_lake, DAY, FEATURES)
+    rows = features.request_rows_for_day(day_lake, DAY, FEATURES)
     with model_server(day_lake, tmp_path / "state", model_dirs["1"]) as server:
         result = replay.replay_day(server.url, rows, DAY, rate_per_s=1000, batch_size=50, timeout_s=60)
         assert (result.ok, result.failed, result.requests) == (len(rows), 0, math.ceil(len(rows) / 50))
@@ -299,7 +301,7 @@ def test_batches_keep_the_rate_and_a_time_budget(day_lake, model_dirs, tmp_path)
 
 
 def test_server_without_a_model_or_down_fails_clearly(day_lake, tmp_path):
-    rows = replay.request_rows_for_day(day_lake, DAY, FEATURES)[:3]
+    rows = features.request_rows_for_day(day_lake, DAY, FEATURES)[:3]
     with model_server(day_lake, tmp_path / "state", model_dir=None) as server:
         with pytest.raises(replay.ServerUnavailableError, match=r"has no model loaded \(.*nothing deployed"):
             replay.check_server(server.url)
@@ -337,7 +339,7 @@ def test_replay_traffic_refuses_too_many_rejected_rows(day_lake, model_dirs, tmp
 def test_labels_land_atomically_with_the_right_counts(day_lake):
     flights = source_flights(LABEL_DAY)
     summary = replay.land_labels(day_lake, LABEL_DAY)
-    directory = replay.labels_dir(LABEL_DAY)
+    directory = locations.labels_dir(LABEL_DAY)
     assert directory == f"serving/labels/dt={LABEL_DAY.isoformat()}"
     assert day_lake.committed_partitions("serving/labels") == [LABEL_DAY.isoformat()]
     labelled = flights["arr_delay"].notna()
@@ -368,7 +370,7 @@ def test_labels_land_atomically_with_the_right_counts(day_lake):
     assert day_lake.read_commit(directory).attempt != commit.attempt
     assert day_lake.list_dirs(f"{directory}/_attempts") == [day_lake.read_commit(directory).attempt]
     assert day_lake.read_frame(directory).equals(labels)
-    with pytest.raises(replay.MissingRawError, match="raw/flights/dt=2013-01-20"):
+    with pytest.raises(features.MissingRawError, match="raw/flights/dt=2013-01-20"):
         replay.land_labels(day_lake, dt.date(2013, 1, 20))
 
 
@@ -385,7 +387,7 @@ def test_labels_arrive_later_than_the_traffic():
 def load_dag():
     from airflow.dag_processing.dagbag import DagBag
 
-    from mlpipeline.config import PROJECT_ROOT
+    from mlpipeline.settings import PROJECT_ROOT
 
     bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "traffic_replay.py"))
     assert bag.import_errors == {}
@@ -414,7 +416,7 @@ def test_dag_replays_a_day_and_lands_its_delayed_labels(
     assert len(logged) == 901
     assert logged["flight_key"].is_unique
     assert day_lake.committed_partitions("serving/labels") == [LABEL_DAY.isoformat()]
-    assert len(day_lake.read_frame(replay.labels_dir(LABEL_DAY))) == len(source_flights(LABEL_DAY))
+    assert len(day_lake.read_frame(locations.labels_dir(LABEL_DAY))) == len(source_flights(LABEL_DAY))
 
     # The first days of the range have no labels to land yet (skipped), and a server that is
     # down fails the replay with the reason.

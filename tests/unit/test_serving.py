@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,12 +13,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from ports import free_port
 from serving_fixtures import request_rows, save_model
 
-from mlpipeline.config import load_settings
 from mlpipeline.lake import Lake
 from mlpipeline.serving import location
 from mlpipeline.serving.prediction_log import read_day
+from mlpipeline.settings import load_settings
 
 TOKEN = "test-admin-token"
 MODEL = "flight_delay"
@@ -204,18 +204,12 @@ def test_no_model_is_503(tmp_path):
         assert "nothing deployed yet" in response.json()["detail"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def server_process(tmp_path, model_dirs):
     """The real server process (`python -m mlpipeline.serving`) on a free port."""
     lake = Lake.from_uri(f"file://{tmp_path / 'lake'}")
     deploy(lake, model_dirs, "1")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLP_")}
     env.update(
         {

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mlpipeline import stack
-from mlpipeline.config import load_settings
+from mlpipeline.local import stack
+from mlpipeline.settings import load_settings
 
 
 @pytest.fixture

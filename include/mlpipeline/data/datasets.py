@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlpipeline.config import PROJECT_ROOT
+from mlpipeline import locations
 from mlpipeline.lake import Commit, Lake, LakeError
+from mlpipeline.settings import PROJECT_ROOT
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,22 +35,17 @@ SPLITS = ("train", "validation")
 KEY = "flight_key"
 LABEL = "is_delayed"
 JOB_SCRIPT = PROJECT_ROOT / "include" / "mlpipeline" / "spark_jobs" / "build_dataset.py"
+#: Modules the job imports besides the standard library and pyspark (``spark-submit --py-files``).
+JOB_PY_FILES = (JOB_SCRIPT.parent / "parquet_footer.py",)
 
 
 class DatasetError(RuntimeError):
     """A dataset is missing, uncommitted, refused or does not match its manifest."""
 
 
-def dataset_dir(name: str, day: dt.date | str) -> str:
-    return f"datasets/{name}/ds={day if isinstance(day, str) else day.isoformat()}"
-
-
-def golden_dir(name: str, version: str) -> str:
-    return f"golden/{name}/{version}"
-
-
-def quarantine_dir(name: str, day: dt.date | str) -> str:
-    return f"quarantine/{name}/ds={day if isinstance(day, str) else day.isoformat()}"
+dataset_dir = locations.dataset_dir
+golden_dir = locations.golden_dir
+quarantine_dir = locations.quarantine_dir
 
 
 def window_for(day: dt.date, window_days: int) -> tuple[dt.date, dt.date]:
@@ -144,7 +140,7 @@ class GoldenInfo:
 def golden_versions(lake: Lake, name: str) -> list[GoldenInfo]:
     """Every committed golden version of ``name``, oldest commit first."""
     found = []
-    for version in lake.list_dirs(f"golden/{name}"):
+    for version in lake.list_dirs(locations.golden_root(name)):
         directory = golden_dir(name, version)
         if lake.is_committed(directory):
             commit = lake.read_commit(directory)
@@ -172,7 +168,9 @@ def current_golden(lake: Lake, name: str) -> GoldenInfo | None:
 
 def next_golden_version(lake: Lake, name: str) -> str:
     """The next free version name ``v<N+1>``, N the highest ``v<number>`` in the lake (any state)."""
-    numbers = [int(v[1:]) for v in lake.list_dirs(f"golden/{name}") if v[:1] == "v" and v[1:].isdigit()]
+    numbers = [
+        int(v[1:]) for v in lake.list_dirs(locations.golden_root(name)) if v[:1] == "v" and v[1:].isdigit()
+    ]
     return f"v{max(numbers, default=0) + 1}"
 
 
@@ -266,7 +264,7 @@ def publish_dataset(lake: Lake, staging_dir: Path, manifest: dict[str, Any]) -> 
         return lake.publish_local_dir(directory, str(bundle), meta=manifest)
 
 
-def publish_golden(lake: Lake, frame: pd.DataFrame, manifest: dict[str, Any]) -> Commit:
+def publish_golden_frame(lake: Lake, frame: pd.DataFrame, manifest: dict[str, Any]) -> Commit:
     """Publish a golden set; refuses to overwrite an existing version."""
     from mlpipeline.lake import frame_to_parquet
 

@@ -12,20 +12,17 @@ import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from mlpipeline.config import NYCFLIGHTS13_FIRST_DAY, NYCFLIGHTS13_LAST_DAY
+from mlpipeline import locations
 from mlpipeline.data import nycflights13_source as source
 from mlpipeline.lake import Lake
-
-RAW_PREFIX = "raw"
+from mlpipeline.settings import NYCFLIGHTS13_FIRST_DAY, NYCFLIGHTS13_LAST_DAY
 
 
 class LandingError(ValueError):
     """A day cannot be landed (outside the replayed range, or no rows)."""
 
 
-def partition_dir(table: str, day: dt.date) -> str:
-    """Lake directory of ``table``'s partition for ``day``."""
-    return f"{RAW_PREFIX}/{table}/dt={day.isoformat()}"
+partition_dir = locations.raw_partition
 
 
 @dataclass(frozen=True)

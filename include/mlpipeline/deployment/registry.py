@@ -23,9 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlpipeline.config import Settings, get_settings
+from mlpipeline import locations
 from mlpipeline.lake import Lake
 from mlpipeline.serving import location
+from mlpipeline.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,7 @@ def current_champion(client, model: str) -> str | None:
         return None
 
 
-def history_path(model: str) -> str:
-    return f"deployments/{model}/history.jsonl"
+history_path = locations.deployment_history
 
 
 def read_history(lake: Lake, model: str) -> list[dict[str, Any]]:
@@ -96,12 +96,9 @@ def reload_server(settings: Settings, version: str, timeout_s: float = 60) -> di
     """Ask the model server to load ``version`` and wait until ``/health`` reports it."""
     import httpx
 
-    from mlpipeline.stack import StackPaths, load_or_create_secrets
+    from mlpipeline.secrets import serving_admin_token
 
-    token = (
-        settings.serving_admin_token
-        or load_or_create_secrets(StackPaths(settings.state_dir), settings)["serving_admin_token"]
-    )
+    token = serving_admin_token(settings)
     url = settings.serving_url
     try:
         response = httpx.post(
@@ -125,6 +122,32 @@ def reload_server(settings: Settings, version: str, timeout_s: float = 60) -> di
     )
 
 
+def compare_and_set_champion(
+    client, model: str, to_version: str, expected_champion: str | None
+) -> str | None:
+    """Alias ``champion`` → ``to_version`` if the champion is still ``expected_champion``.
+
+    The champion it replaces keeps alias ``previous_champion``. Idempotent: when ``to_version``
+    already is the champion (a retry after the move), nothing moves. Returns the version the
+    move comes from (``expected_champion`` on a retry). :class:`ChampionChangedError` when
+    another version became champion since the decision; an unknown ``to_version`` raises
+    MLflow's error before anything moves.
+    """
+    client.get_model_version(model, to_version)  # raises if the version does not exist
+    current = current_champion(client, model)
+    if current == to_version:
+        return expected_champion
+    if current != expected_champion:
+        raise ChampionChangedError(
+            f"champion of {model} is v{current}, but the decision was taken against v{expected_champion}; "
+            "re-run the evaluation"
+        )
+    client.set_registered_model_alias(model, CHAMPION, to_version)
+    if current is not None:
+        client.set_registered_model_alias(model, PREVIOUS, current)
+    return current
+
+
 def move_champion(
     model: str,
     to_version: str,
@@ -146,18 +169,7 @@ def move_champion(
     lake = lake or Lake.from_settings(settings)
     tracking.connect()
     client = mlflow.MlflowClient()
-    client.get_model_version(model, to_version)  # raises if the version does not exist
-    current = current_champion(client, model)
-    if current != to_version:
-        if current != expected_champion:
-            raise ChampionChangedError(
-                f"champion of {model} is v{current}, but the decision was taken against v{expected_champion}; "
-                "re-run the evaluation"
-            )
-        client.set_registered_model_alias(model, CHAMPION, to_version)
-        if current is not None:
-            client.set_registered_model_alias(model, PREVIOUS, current)
-    from_version = expected_champion if current == to_version else current
+    from_version = compare_and_set_champion(client, model, to_version, expected_champion)
     append_history(
         lake,
         model,

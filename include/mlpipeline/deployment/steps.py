@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from mlpipeline import locations
 from mlpipeline.data import datasets
 from mlpipeline.deployment import registry
 from mlpipeline.lake import Lake
@@ -96,9 +96,7 @@ def evaluate_candidate(
     """Challenger vs champion on the golden set; decision with every rule; report written."""
     import mlflow
 
-    from mlpipeline.evaluation.compare import decide, evaluate
-    from mlpipeline.serving.engineering import measure
-    from mlpipeline.serving.model import ModelLoadError, download_model_version, load_model_dir
+    from mlpipeline.evaluation.compare import evaluate, promotion_decision
 
     cfg = cfg or get_pipeline_config()
     lake = lake or Lake.from_settings()
@@ -107,39 +105,12 @@ def evaluate_candidate(
     model, version = candidate["model"], str(candidate["version"])
     challenger_mv = client.get_model_version(model, version)
     champion = registry.current_champion(client, model)
-    golden_info = datasets.current_golden(lake, cfg.golden.name)
-    if golden_info is None:
-        raise DeploymentInputError(
-            f"no golden set {cfg.golden.name} exists: build one with the golden_dataset DAG"
-        )
-    try:
-        golden_manifest, golden = datasets.load_golden(
-            lake, cfg.golden.name, golden_info.version, verify=True
-        )
-    except datasets.DatasetError as err:
-        raise DeploymentInputError(str(err)) from None
-
-    with tempfile.TemporaryDirectory(prefix="mlp-eval-") as tmp:
-        try:
-            challenger_dir = download_model_version(model, version, Path(tmp) / "challenger")
-            challenger = load_model_dir(challenger_dir, model, version)
-        except ModelLoadError as err:
-            raise DeploymentInputError(
-                f"challenger {model} v{version} artifacts do not load: {err}"
-            ) from None
-        challenger_scores = challenger.score_frame(golden)
-        engineering = measure(
-            challenger_dir,
-            golden_request_rows(golden, challenger.spec, ENGINEERING_ROWS),
-            repeats=cfg.deployment.engineering_repeats,
-        ).as_dict()
-        champion_scores, champion_mv = None, None
-        if champion is not None and champion != version:
-            champion_mv = client.get_model_version(model, champion)
-            champion_model = load_model_dir(
-                download_model_version(model, champion, Path(tmp) / "champion"), model, champion
-            )
-            champion_scores = champion_model.score_frame(golden)
+    golden_info, golden_manifest, golden = _load_golden(lake, cfg)
+    challenger_scores, engineering, champion_scores = _score_on_golden(
+        client, model, version, champion, golden, cfg
+    )
+    compared = champion is not None and champion != version
+    champion_mv = client.get_model_version(model, champion) if compared else None
 
     evaluation = evaluate(
         golden,
@@ -154,7 +125,7 @@ def evaluate_candidate(
             "content_hash": golden_manifest["content_hash"],
         },
     )
-    decision = decide(
+    decision = promotion_decision(
         evaluation,
         cfg.deployment,
         challenger_mv.tags.get(tracking.TAG_WINDOW_END),
@@ -194,26 +165,54 @@ def evaluate_candidate(
     }
 
 
+def _load_golden(lake: Lake, cfg: PipelineConfig):
+    """The current golden set (info, manifest, frame), verified; :class:`DeploymentInputError` if none."""
+    golden_info = datasets.current_golden(lake, cfg.golden.name)
+    if golden_info is None:
+        raise DeploymentInputError(
+            f"no golden set {cfg.golden.name} exists: build one with the golden_dataset DAG"
+        )
+    try:
+        golden_manifest, golden = datasets.load_golden(
+            lake, cfg.golden.name, golden_info.version, verify=True
+        )
+    except datasets.DatasetError as err:
+        raise DeploymentInputError(str(err)) from None
+    return golden_info, golden_manifest, golden
+
+
+def _score_on_golden(client, model: str, version: str, champion: str | None, golden, cfg: PipelineConfig):
+    """Challenger scores and engineering figures (serving code path); champion scores or None."""
+    from mlpipeline.serving.engineering import measure
+    from mlpipeline.serving.model import ModelLoadError, download_model_version, load_model_dir
+
+    with tempfile.TemporaryDirectory(prefix="mlp-eval-") as tmp:
+        try:
+            challenger_dir = download_model_version(model, version, Path(tmp) / "challenger")
+            challenger = load_model_dir(challenger_dir, model, version)
+        except ModelLoadError as err:
+            raise DeploymentInputError(
+                f"challenger {model} v{version} artifacts do not load: {err}"
+            ) from None
+        challenger_scores = challenger.score_frame(golden)
+        engineering = measure(
+            challenger_dir,
+            golden_request_rows(golden, challenger.spec, ENGINEERING_ROWS),
+            repeats=cfg.deployment.engineering_repeats,
+        ).as_dict()
+        champion_scores = None
+        if champion is not None and champion != version:
+            champion_model = load_model_dir(
+                download_model_version(model, champion, Path(tmp) / "champion"), model, champion
+            )
+            champion_scores = champion_model.score_frame(golden)
+    return challenger_scores, engineering, champion_scores
+
+
 def _calibration_png(calibration: dict[str, list[dict]]) -> str:
-    import matplotlib
+    from mlpipeline.training.metrics import calibration_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
-    for name, table in calibration.items():
-        rows = [r for r in table if r["count"]]
-        ax.plot([r["mean_score"] for r in rows], [r["observed_rate"] for r in rows], marker="o", label=name)
-    ax.set_xlabel("mean predicted probability")
-    ax.set_ylabel("observed delay rate")
-    ax.set_title("Calibration on the golden set")
-    ax.legend()
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return base64.b64encode(calibration_png(calibration, "Calibration on the golden set", dpi=100)).decode()
 
 
 def render_html(report: dict[str, Any]) -> str:
@@ -269,7 +268,7 @@ def write_report(report: dict[str, Any], run_id: str, lake: Lake) -> dict[str, s
     """Store the report (HTML + JSON) in the lake and on the challenger's MLflow run."""
     import mlflow
 
-    base = f"reports/evaluation/{report['model']}/v{report['challenger_version']}"
+    base = locations.evaluation_report_dir(report["model"], report["challenger_version"])
     page = render_html(report)
     lake.write_bytes(f"{base}/report.html", page.encode())
     lake.write_bytes(f"{base}/report.json", json.dumps(report, indent=2, default=str).encode())
@@ -342,7 +341,7 @@ def force_promote(
     """
     import mlflow
 
-    from mlpipeline.config import get_settings
+    from mlpipeline.settings import get_settings
 
     if not (get_settings().allow_force_promote if allowed is None else allowed):
         raise DeploymentInputError(

@@ -4,7 +4,7 @@
   (the same resampled rows for both models; seeded; 95% percentile interval);
 * the same metric per slice (``deployment.slices``, slices with at least ``slice_min_rows``);
 * calibration tables; engineering figures through the serving code path;
-* :func:`decide`: every rule with its outcome; promote only when all pass (or no champion).
+* :func:`promotion_decision`: every rule with its outcome; promote only when all pass (or no champion).
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def evaluate(
     )
 
 
-def decide(
+def promotion_decision(
     evaluation: Evaluation,
     cfg: DeploymentConfig,
     challenger_window_end: str | None,

@@ -18,8 +18,8 @@ import json
 import logging
 from typing import Any
 
-from mlpipeline.config import Settings, get_settings
 from mlpipeline.lake import Lake
+from mlpipeline.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 

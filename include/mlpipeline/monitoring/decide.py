@@ -83,7 +83,7 @@ def _alarm(finding: Finding, severity: str, action: str, model: str, day: str) -
     }
 
 
-def decide(
+def monitoring_decision(
     findings: list[Finding],
     champion: ChampionInfo,
     cfg: MonitoringConfig,

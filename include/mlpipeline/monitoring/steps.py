@@ -22,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlpipeline.config import get_settings
+from mlpipeline import locations
 from mlpipeline.lake import Lake
 from mlpipeline.monitoring import alarms as alarm_channels
 from mlpipeline.monitoring.checks import (
@@ -38,8 +38,9 @@ from mlpipeline.monitoring.checks import (
     quality_on_labels,
     scrape_server,
 )
-from mlpipeline.monitoring.decide import WARN, ChampionInfo, Decision, decide
+from mlpipeline.monitoring.decide import WARN, ChampionInfo, Decision, monitoring_decision
 from mlpipeline.pipeline_config import PipelineConfig, get_pipeline_config
+from mlpipeline.settings import get_settings
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,12 +52,8 @@ TAG_MODEL = "monitored_model"
 TAG_VERSION = "monitored_version"
 
 
-def drift_dir(model: str, day: str) -> str:
-    return f"reports/drift/{model}/dt={day}"
-
-
-def record_path(model: str, day: str) -> str:
-    return f"monitoring/{model}/dt={day}/record.json"
+drift_dir = locations.drift_report_dir
+record_path = locations.monitoring_record
 
 
 def _iso(day: dt.date | str) -> str:
@@ -80,9 +77,7 @@ def read_window(lake: Lake, day: dt.date | str, days: int) -> pd.DataFrame:
 
 
 def read_labels(lake: Lake, day: dt.date | str) -> pd.DataFrame | None:
-    from mlpipeline.serving.replay import labels_dir
-
-    directory = labels_dir(dt.date.fromisoformat(_iso(day)))
+    directory = locations.labels_dir(dt.date.fromisoformat(_iso(day)))
     if not lake.is_committed(directory):
         return None
     return lake.read_frame(directory)
@@ -130,7 +125,7 @@ def golden_metrics(lake: Lake, model: str, versions: list[str]) -> dict[str, dic
     """Golden-set figures of each version, from its evaluation report (when it was evaluated)."""
     out = {}
     for version in versions:
-        path = f"reports/evaluation/{model}/v{version}/report.json"
+        path = locations.evaluation_report_json(model, version)
         if lake.exists(path):
             evaluation = json.loads(lake.read_bytes(path))["evaluation"]["challenger"]
             out[version] = {k: evaluation.get(k) for k in ("roc_auc", "log_loss", "brier", "ece")}
@@ -297,12 +292,12 @@ def run_drift_check(
 
 def _served_features(lake: Lake, model: str, version: str, reference) -> tuple[list[str], list[str]]:
     """Feature names and categorical ones of the served version (its export, else the reference)."""
-    from mlpipeline.serving.replay import ReplayError, served_spec
+    from mlpipeline.serving.location import ServedSpecError, served_spec
 
     try:
         spec = served_spec(lake, model, version)
         return list(spec.features), [f for f in spec.features if spec.is_categorical(f)]
-    except ReplayError as err:
+    except ServedSpecError as err:
         log.warning("%s; taking the features from the reference sample", err)
     features = [c for c in reference.columns if c not in ("prediction", "is_delayed", "flight_date")]
     categorical = [c for c in features if not _is_numeric(reference[c])]
@@ -412,7 +407,7 @@ def decide_and_record(
     champion = ChampionInfo.from_history(
         registry.current_champion(_client(), model), registry.read_history(lake, model)
     )
-    decision: Decision = decide(findings, champion, cfg.monitoring, model, day, now=now)
+    decision: Decision = monitoring_decision(findings, champion, cfg.monitoring, model, day, now=now)
     source = (
         alarm_channels.source_of(context) if context else {"dag_id": None, "run_id": None, "task_id": None}
     )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from mlpipeline.config import PROJECT_ROOT, get_settings
-from mlpipeline.envfile import load_env_file
+from mlpipeline.local.envfile import load_env_file
+from mlpipeline.settings import PROJECT_ROOT, get_settings
 
 
 def main() -> None:

@@ -26,12 +26,12 @@ from typing import Any
 
 from fastapi import Request  # at module level: FastAPI resolves the handlers' annotations by name
 
-from mlpipeline.config import Settings, get_settings
 from mlpipeline.features import FeatureError
 from mlpipeline.lake import Lake
 from mlpipeline.serving import location
 from mlpipeline.serving.model import LoadedModel, ModelLoadError, load_model_dir
 from mlpipeline.serving.prediction_log import PredictionLog
+from mlpipeline.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -100,76 +100,131 @@ def _warm(model: LoadedModel) -> None:
 
 def create_app(settings: Settings | None = None, lake: Lake | None = None, model_name: str | None = None):
     from fastapi import FastAPI
-    from fastapi.responses import JSONResponse, Response
-    from prometheus_client import (
-        CollectorRegistry,
-        Counter,
-        Gauge,
-        Histogram,
-        ProcessCollector,
-        generate_latest,
-    )
 
     from mlpipeline.pipeline_config import get_pipeline_config
-    from mlpipeline.stack import StackPaths, load_or_create_secrets
+    from mlpipeline.secrets import serving_admin_token
 
     settings = settings or get_settings()
     lake = lake or Lake.from_settings(settings)
     model_name = model_name or get_pipeline_config().training.model_name
     state = Path(settings.state_dir)
-    token = (
-        settings.serving_admin_token
-        or load_or_create_secrets(StackPaths(state), settings)["serving_admin_token"]
-    )
+    token = serving_admin_token(settings)
     holder = ModelHolder(model_name, lake, state / "serving" / "cache")
     predictions = PredictionLog(
         lake, state / "serving" / "spool", settings.serving_log_flush_rows, settings.serving_log_flush_s
     )
+    metrics = ServerMetrics()
+    reloader = Reloader(holder, metrics, lake, model_name, settings.serving_poll_s)
 
-    registry = CollectorRegistry()
-    ProcessCollector(registry=registry)  # process_resident_memory_bytes, cpu seconds, open fds
-    requests_total = Counter("mlp_requests", "Prediction requests", ["status"], registry=registry)
-    rows_total = Counter("mlp_predicted_rows", "Rows scored", registry=registry)
-    errors_total = Counter("mlp_errors", "Requests that failed", ["reason"], registry=registry)
-    latency = Histogram(
-        "mlp_request_latency_seconds",
-        "Latency of POST /predict inside the server",
-        buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
-        registry=registry,
-    )
-    version_gauge = Gauge("mlp_model_version", "Model version being served", registry=registry)
-    reloads_total = Counter("mlp_model_reloads", "Model reloads", ["outcome"], registry=registry)
-    log_logged = Gauge(
-        "mlp_prediction_log_logged_rows", "Rows written to the prediction log", registry=registry
-    )
-    log_spooled = Gauge("mlp_prediction_log_spooled_rows", "Rows waiting on local disk", registry=registry)
-    log_lost = Gauge(
-        "mlp_prediction_log_lost_rows", "Rows lost by the prediction log (must be 0)", registry=registry
-    )
-    log_pending = Gauge("mlp_prediction_log_pending_rows", "Rows buffered in memory", registry=registry)
+    app = FastAPI(title="mlpipeline model server", lifespan=_lifespan(reloader, predictions))
+    app.state.holder = holder
+    app.state.predictions = predictions
+    _add_predict_route(app, holder, predictions, metrics)
+    _add_operations_routes(app, holder, predictions, metrics, reloader, model_name, token)
+    return app
 
-    stop_polling = threading.Event()
 
-    def try_reload(version: str | None = None) -> None:
+# --------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------
+class ServerMetrics:
+    """The server's Prometheus metrics, in a registry of its own (one per app)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+        registry = self.registry = CollectorRegistry()
+        ProcessCollector(registry=registry)  # process_resident_memory_bytes, cpu seconds, open fds
+        self.requests_total = Counter("mlp_requests", "Prediction requests", ["status"], registry=registry)
+        self.rows_total = Counter("mlp_predicted_rows", "Rows scored", registry=registry)
+        self.errors_total = Counter("mlp_errors", "Requests that failed", ["reason"], registry=registry)
+        self.latency = Histogram(
+            "mlp_request_latency_seconds",
+            "Latency of POST /predict inside the server",
+            buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=registry,
+        )
+        self.version_gauge = Gauge("mlp_model_version", "Model version being served", registry=registry)
+        self.reloads_total = Counter("mlp_model_reloads", "Model reloads", ["outcome"], registry=registry)
+        self.log_logged = Gauge(
+            "mlp_prediction_log_logged_rows", "Rows written to the prediction log", registry=registry
+        )
+        self.log_spooled = Gauge(
+            "mlp_prediction_log_spooled_rows", "Rows waiting on local disk", registry=registry
+        )
+        self.log_lost = Gauge(
+            "mlp_prediction_log_lost_rows", "Rows lost by the prediction log (must be 0)", registry=registry
+        )
+        self.log_pending = Gauge(
+            "mlp_prediction_log_pending_rows", "Rows buffered in memory", registry=registry
+        )
+
+    def error(self, status: int, reason: str, detail: Any):
+        """A JSON error answer, counted."""
+        from fastapi.responses import JSONResponse
+
+        self.errors_total.labels(reason).inc()
+        self.requests_total.labels(str(status)).inc()
+        return JSONResponse({"detail": detail}, status_code=status)
+
+    def render(self, predictions: PredictionLog) -> bytes:
+        """The exposition text, with the prediction log's counters as of now."""
+        from prometheus_client import generate_latest
+
+        self.log_logged.set(predictions.logged)
+        self.log_spooled.set(predictions.spooled)
+        self.log_lost.set(predictions.lost)
+        self.log_pending.set(predictions.pending)
+        return generate_latest(self.registry)
+
+
+# --------------------------------------------------------------------------------------
+# Reloading: on request, and by polling the serving location
+# --------------------------------------------------------------------------------------
+class Reloader:
+    """Loads versions into the holder (counted), and polls the serving pointer in a thread."""
+
+    def __init__(
+        self, holder: ModelHolder, metrics: ServerMetrics, lake: Lake, model_name: str, poll_s: float
+    ):
+        self.holder = holder
+        self.metrics = metrics
+        self.lake = lake
+        self.model_name = model_name
+        self.poll_s = poll_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def reload(self, version: str | None = None) -> None:
         try:
-            holder.reload(version)
-            reloads_total.labels("ok").inc()
-            version_gauge.set(float(holder.version or 0))
+            self.holder.reload(version)
+            self.metrics.reloads_total.labels("ok").inc()
+            self.metrics.version_gauge.set(float(self.holder.version or 0))
         except ModelLoadError:
-            reloads_total.labels("failed").inc()
+            self.metrics.reloads_total.labels("failed").inc()
             raise
 
-    def poll() -> None:
-        while not stop_polling.wait(settings.serving_poll_s):
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_s):
             try:
-                pointer = location.read_pointer(lake, model_name)
-                if pointer and pointer["version"] != holder.version:
-                    try_reload(pointer["version"])
+                pointer = location.read_pointer(self.lake, self.model_name)
+                if pointer and pointer["version"] != self.holder.version:
+                    self.reload(pointer["version"])
             except ModelLoadError:
                 pass
             except Exception:  # the lake may be unreachable for a while: keep serving
                 log.exception("serving location poll failed")
 
+    def start_polling(self) -> None:
+        if self.poll_s > 0:
+            self._thread = threading.Thread(target=self._poll, name="serving-poll", daemon=True)
+            self._thread.start()
+
+    def stop_polling(self) -> None:
+        self._stop.set()
+
+
+def _lifespan(reloader: Reloader, predictions: PredictionLog):
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
@@ -179,7 +234,7 @@ def create_app(settings: Settings | None = None, lake: Lake | None = None, model
         import anyio
 
         try:
-            try_reload()
+            reloader.reload()
         except ModelLoadError as err:
             log.warning("starting without a model: %s", err)
         # Warm the worker-thread machinery the reload endpoint uses (its first use imports it).
@@ -189,12 +244,9 @@ def create_app(settings: Settings | None = None, lake: Lake | None = None, model
         gc.collect()
         gc.freeze()
         predictions.start()
-        poller = None
-        if settings.serving_poll_s > 0:
-            poller = threading.Thread(target=poll, name="serving-poll", daemon=True)
-            poller.start()
+        reloader.start_polling()
         yield
-        stop_polling.set()
+        reloader.stop_polling()
         predictions.close()  # graceful shutdown: nothing buffered is lost
         log.info(
             "prediction log closed: %d logged, %d spooled, %d lost",
@@ -203,14 +255,15 @@ def create_app(settings: Settings | None = None, lake: Lake | None = None, model
             predictions.lost,
         )
 
-    app = FastAPI(title="mlpipeline model server", lifespan=lifespan)
-    app.state.holder = holder
-    app.state.predictions = predictions
+    return lifespan
 
-    def error(status: int, reason: str, detail: Any) -> JSONResponse:
-        errors_total.labels(reason).inc()
-        requests_total.labels(str(status)).inc()
-        return JSONResponse({"detail": detail}, status_code=status)
+
+# --------------------------------------------------------------------------------------
+# Routes
+# --------------------------------------------------------------------------------------
+def _add_predict_route(app, holder: ModelHolder, predictions: PredictionLog, metrics: ServerMetrics) -> None:
+    error = metrics.error
+    latency, requests_total, rows_total = metrics.latency, metrics.requests_total, metrics.rows_total
 
     @app.post("/predict")
     async def predict(request: Request):
@@ -262,6 +315,20 @@ def create_app(settings: Settings | None = None, lake: Lake | None = None, model
             "predictions": [{"score": float(s), "label": int(s >= THRESHOLD)} for s in scores],
         }
 
+
+def _add_operations_routes(
+    app,
+    holder: ModelHolder,
+    predictions: PredictionLog,
+    server_metrics: ServerMetrics,
+    reloader: Reloader,
+    model_name: str,
+    token: str,
+) -> None:
+    from fastapi.responses import JSONResponse, Response
+
+    error = server_metrics.error
+
     @app.get("/health")
     async def health():
         model = holder.current
@@ -275,11 +342,7 @@ def create_app(settings: Settings | None = None, lake: Lake | None = None, model
 
     @app.get("/metrics")
     async def metrics():
-        log_logged.set(predictions.logged)
-        log_spooled.set(predictions.spooled)
-        log_lost.set(predictions.lost)
-        log_pending.set(predictions.pending)
-        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+        return Response(server_metrics.render(predictions), media_type="text/plain; version=0.0.4")
 
     @app.post("/admin/reload")
     async def admin_reload(request: Request):
@@ -296,7 +359,7 @@ def create_app(settings: Settings | None = None, lake: Lake | None = None, model
         try:
             import anyio
 
-            await anyio.to_thread.run_sync(try_reload, None if version is None else str(version))
+            await anyio.to_thread.run_sync(reloader.reload, None if version is None else str(version))
         except ModelLoadError as err:
             return JSONResponse(
                 {
@@ -306,8 +369,6 @@ def create_app(settings: Settings | None = None, lake: Lake | None = None, model
                 status_code=409,
             )
         return {"model": model_name, "version": holder.version, "loaded_at": holder.current.loaded_at}
-
-    return app
 
 
 def _same(a: str, b: str) -> bool:

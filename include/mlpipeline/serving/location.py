@@ -18,13 +18,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mlpipeline.lake import Lake
+from mlpipeline import locations
+from mlpipeline.lake import Lake, LakeError
 
 POINTER = "CURRENT"
 
 
-def model_root(model: str) -> str:
-    return f"serving/models/{model}"
+model_root = locations.serving_model_root
 
 
 def version_dir(model: str, version: str | int) -> str:
@@ -83,3 +83,29 @@ def fetch_version(lake: Lake, directory: str, cache_dir: Path) -> Path:
         destination.write_bytes(lake.read_bytes(rel))
     (target / ".complete").write_text("")
     return target
+
+
+class ServedSpecError(LookupError):
+    """The export of a served version holds no readable feature spec."""
+
+
+def served_spec(lake: Lake, model: str, version: str):
+    """Feature spec of a model version, read from its export in the serving location."""
+    from mlpipeline.features import FeatureSpec
+    from mlpipeline.serving.model import SPEC_PATH
+
+    directory = version_dir(model, version)
+    try:
+        commit = lake.read_commit(directory)
+    except LakeError as err:
+        raise ServedSpecError(f"cannot read the served model's feature spec: {err}") from None
+    spec_name = SPEC_PATH.as_posix()
+    for name, rel in zip(commit.files, commit.file_paths(), strict=True):
+        if name == spec_name:
+            return FeatureSpec.from_json(lake.read_bytes(rel).decode())
+    raise ServedSpecError(f"{lake.uri(directory)} holds no {spec_name}")
+
+
+def served_features(lake: Lake, model: str, version: str) -> list[str]:
+    """Feature list of the model version the server serves, read from its export in the lake."""
+    return list(served_spec(lake, model, version).features)

@@ -18,11 +18,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from mlpipeline import locations
 from mlpipeline.lake import Lake
 
 log = logging.getLogger(__name__)
-
-PREFIX = "serving/predictions"
 
 
 class PredictionLog:
@@ -88,7 +87,7 @@ class PredictionLog:
                 data = _to_parquet(batch)
                 name = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
                 try:
-                    self.lake.write_bytes(f"{PREFIX}/dt={day}/{name}", data)
+                    self.lake.write_bytes(f"{locations.predictions_dir(day)}/{name}", data)
                     self.logged += len(batch)
                     written += len(batch)
                 except Exception as err:  # the lake is down: keep the rows on local disk
@@ -107,7 +106,7 @@ class PredictionLog:
         for path in sorted(self.spool_dir.glob("dt=*__*.parquet")):
             day, name = path.name.split("__", 1)
             try:
-                self.lake.write_bytes(f"{PREFIX}/{day}/{name}", path.read_bytes())
+                self.lake.write_bytes(f"{locations.PREDICTIONS}/{day}/{name}", path.read_bytes())
             except Exception:
                 return written  # still down; try again at the next flush
             rows = _row_count(path)
@@ -146,7 +145,7 @@ def read_day(lake: Lake, day: dt.date | str):
     import pandas as pd
 
     day = day if isinstance(day, str) else day.isoformat()
-    directory = f"{PREFIX}/dt={day}"
+    directory = locations.predictions_dir(day)
     if not lake.exists(directory):
         return pd.DataFrame()
     paths = sorted(p for p in lake.fs.ls(lake.path(directory), detail=False) if str(p).endswith(".parquet"))

@@ -5,8 +5,10 @@ Run by ``spark-submit`` (or plain ``python``: pyspark starts its own JVM)::
     spark-submit build_dataset.py --raw-root /lake/raw --end-date 2013-01-28 --window-days 28 \\
         --output /tmp/staging/ds=2013-01-28
 
-Self-contained on purpose: it imports only the standard library and pyspark, because a cluster
-``spark-submit`` ships this one file. It must not import ``mlpipeline`` or ``airflow``.
+Self-contained on purpose: it imports only the standard library, pyspark and its sibling
+``parquet_footer.py`` (the Parquet footer reader), because a cluster ``spark-submit`` ships just
+these two files (the DAGs pass the sibling with ``py_files``). Neither may import ``mlpipeline``
+or ``airflow``.
 
 Contract
 --------
@@ -52,10 +54,18 @@ import argparse
 import datetime as dt
 import json
 import os
-import struct
 import sys
 import time
 import traceback
+
+if __package__:  # imported as mlpipeline.spark_jobs.build_dataset
+    from . import parquet_footer
+else:  # a script (spark-submit ships parquet_footer.py with --py-files) or loaded from its path
+    try:
+        import parquet_footer
+    except ImportError:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import parquet_footer
 
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
@@ -269,214 +279,6 @@ def resolve_inputs(raw_root: str, end_date: dt.date, days: int) -> dict[str, dic
     return resolved
 
 
-# ------------------------------------------------------------------------------------------
-# Parquet footer schema (stdlib only): a minimal Thrift compact-protocol reader
-# ------------------------------------------------------------------------------------------
-class _Compact:
-    """Decodes Thrift compact-protocol structs into ``{field_id: value}`` dicts."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def _byte(self) -> int:
-        b = self.data[self.pos]
-        self.pos += 1
-        return b
-
-    def _varint(self) -> int:
-        shift = result = 0
-        while True:
-            b = self._byte()
-            result |= (b & 0x7F) << shift
-            if not b & 0x80:
-                return result
-            shift += 7
-
-    def _zigzag(self) -> int:
-        n = self._varint()
-        return (n >> 1) ^ -(n & 1)
-
-    def _value(self, ctype: int):
-        if ctype in (1, 2):  # bool inside a struct: the type carries the value
-            return ctype == 1
-        if ctype == 3:
-            return struct.unpack("b", bytes([self._byte()]))[0]
-        if ctype in (4, 5, 6):
-            return self._zigzag()
-        if ctype == 7:
-            (value,) = struct.unpack_from("<d", self.data, self.pos)
-            self.pos += 8
-            return value
-        if ctype == 8:
-            size = self._varint()
-            value = self.data[self.pos : self.pos + size]
-            self.pos += size
-            return value
-        if ctype in (9, 10):
-            header = self._byte()
-            size, etype = header >> 4, header & 0x0F
-            if size == 15:
-                size = self._varint()
-            if etype in (1, 2):  # bools in a list are one byte each
-                return [self._byte() == 1 for _ in range(size)]
-            start = self.pos
-            items = _List(self._value(etype) for _ in range(size))
-            items.span = (start, self.pos)
-            return items
-        if ctype == 11:
-            size = self._varint()
-            if size == 0:
-                return {}
-            types = self._byte()
-            return {self._value(types >> 4): self._value(types & 0x0F) for _ in range(size)}
-        if ctype == 12:
-            return self.read_struct()
-        raise ValueError(f"unknown Thrift compact type {ctype}")
-
-    def read_struct(self) -> dict:
-        fields = {}
-        last_id = 0
-        while True:
-            header = self._byte()
-            if header == 0:
-                return fields
-            delta, ctype = header >> 4, header & 0x0F
-            field_id = last_id + delta if delta else self._zigzag()
-            fields[field_id] = self._value(ctype)
-            last_id = field_id
-
-
-class _List(list):
-    """A decoded Thrift list that remembers the byte span of its elements."""
-
-    span: tuple[int, int] = (0, 0)
-
-
-# Parquet physical types and (legacy) converted types, as numbered in parquet.thrift.
-_PHYSICAL = {
-    0: "boolean",
-    1: "int32",
-    2: "int64",
-    3: "int96",
-    4: "float",
-    5: "double",
-    6: "binary",
-    7: "fixed",
-}
-_CONVERTED_INT = {15: "tinyint", 16: "smallint", 17: "int", 18: "bigint"}
-_CONVERTED_UINT = {11: "tinyint unsigned", 12: "smallint unsigned", 13: "int unsigned", 14: "bigint unsigned"}
-
-
-def _leaf_type(element: dict) -> str:
-    """Spark-style name of the type Spark reads for one Parquet leaf column."""
-    physical = _PHYSICAL.get(element.get(1), "unknown")
-    logical = element.get(10) or {}
-    converted = element.get(6)
-    if 1 in logical or 4 in logical or 12 in logical or converted in (0, 4, 19):
-        return "string" if physical == "binary" else f"string({physical})"
-    if 5 in logical or converted == 5:
-        return "decimal"
-    if 6 in logical or converted == 6:
-        return "date"
-    if 7 in logical or converted in (7, 8):
-        return "time"
-    if 8 in logical:
-        ts = logical[8]
-        unit = {1: "millis", 2: "micros", 3: "nanos"}.get(next(iter(ts.get(2) or {1: 0})), "?")
-        if unit == "nanos":
-            return "timestamp(nanos)"  # Spark refuses nanosecond timestamps by default
-        return "timestamp" if ts.get(1) else "timestamp_ntz"
-    if converted in (9, 10):
-        return "timestamp"
-    if 10 in logical:
-        bits, signed = logical[10].get(1), logical[10].get(2)
-        names = {8: "tinyint", 16: "smallint", 32: "int", 64: "bigint"}
-        return names.get(bits, f"int{bits}") + ("" if signed else " unsigned")
-    if converted in _CONVERTED_INT:
-        return _CONVERTED_INT[converted]
-    if converted in _CONVERTED_UINT:
-        return _CONVERTED_UINT[converted]
-    return {"int32": "int", "int64": "bigint", "int96": "timestamp"}.get(physical, physical)
-
-
-def _read_footer(path: str) -> tuple[bytes, int]:
-    """The Thrift-encoded FileMetaData of a Parquet file and its offset in the file."""
-    with open(path, "rb") as fh:
-        fh.seek(0, os.SEEK_END)
-        size = fh.tell()
-        if size < 12:
-            raise ValueError("file too small")
-        fh.seek(size - 8)
-        tail = fh.read(8)
-        if tail[4:] != b"PAR1":
-            raise ValueError("no PAR1 magic at the end")
-        (footer_len,) = struct.unpack("<i", tail[:4])
-        if footer_len <= 0 or footer_len > size - 12:
-            raise ValueError(f"bad footer length {footer_len}")
-        fh.seek(size - 8 - footer_len)
-        return fh.read(footer_len), size - 8 - footer_len
-
-
-def canonicalize_footer(path: str) -> bool:
-    """Sort each column chunk's ``encodings`` list in place; True if the file changed.
-
-    parquet-mr collects a column chunk's encodings in a ``HashSet`` of enums, whose iteration
-    order follows identity hash codes and so changes from one JVM to the next: two runs on the
-    same data write the same pages but list e.g. ``PLAIN, RLE, BIT_PACKED`` in another order.
-    Sorting the one-byte elements in place keeps every offset and length, so the file stays
-    valid and becomes byte-reproducible.
-    """
-    footer, offset = _read_footer(path)
-    metadata = _Compact(footer).read_struct()
-    patched = bytearray(footer)
-    for row_group in metadata.get(4) or []:
-        for chunk in row_group.get(1) or []:
-            encodings = (chunk.get(3) or {}).get(2)
-            if not isinstance(encodings, _List):
-                continue
-            start, end = encodings.span
-            if end - start != len(encodings):  # not one byte per element: leave it alone
-                continue
-            patched[start:end] = bytes(sorted(footer[start:end], key=lambda b: (b >> 1) ^ -(b & 1)))
-    if patched == footer:
-        return False
-    with open(path, "r+b") as fh:
-        fh.seek(offset)
-        fh.write(patched)
-    return True
-
-
-def parquet_columns(path: str) -> dict[str, str]:
-    """``{column: type}`` of the top-level columns of a Parquet file, read from its footer."""
-    footer, _offset = _read_footer(path)
-    schema = _Compact(footer).read_struct().get(2) or []
-    if not schema:
-        raise ValueError("footer has no schema")
-    columns: dict[str, str] = {}
-    index = 1
-    for _ in range(schema[0].get(5, 0)):  # the root's children are the top-level columns
-        element = schema[index]
-        name = element[4].decode("utf-8")
-        children = element.get(5)
-        if children:
-            columns[name] = "nested"
-            index = _skip_subtree(schema, index)
-        else:
-            columns[name] = _leaf_type(element)
-            index += 1
-    return columns
-
-
-def _skip_subtree(schema: list, index: int) -> int:
-    """Index just after the schema element at ``index`` and all its descendants."""
-    pending = 1
-    while pending:
-        pending += (schema[index].get(5) or 0) - 1
-        index += 1
-    return index
-
-
 def check_schemas(raw_root: str, inputs: dict[str, dict[str, list[str]]]) -> None:
     """BadInput naming every column that is missing or of a type the job cannot read."""
     problems = []
@@ -485,8 +287,8 @@ def check_schemas(raw_root: str, inputs: dict[str, dict[str, list[str]]]) -> Non
             rel = f"raw/{table}/dt={day}"
             for path in paths:
                 try:
-                    found = parquet_columns(path)
-                except (OSError, ValueError, KeyError, IndexError, TypeError, struct.error) as exc:
+                    found = parquet_footer.parquet_columns(path)
+                except parquet_footer.READ_ERRORS as exc:
                     problems.append(
                         f"raw/{os.path.relpath(path, raw_root)} is not a readable Parquet file ({exc})"
                     )
@@ -552,15 +354,18 @@ def hash_bucket(salt: str, seed: int, column: str):
 
 
 def build(spark, args, inputs: dict[str, dict[str, list[str]]]) -> dict:
+    """Clean the flights, join the deduplicated dimensions, derive features, write both splits."""
+    tables = {t: read_table(spark, t, inputs[t]) for t in ("flights", "weather", "planes", "airlines")}
+    clean, flight_counts = clean_flights(tables["flights"], args)
+    dims, dim_dups = dedup_dimensions(tables["weather"], tables["planes"], tables["airlines"])
+    features = derive_features(clean, *dims, args)
+    per_split = write_splits(features, args)
+    return job_stats(spark, args, inputs, flight_counts, per_split, dim_dups)
+
+
+def clean_flights(flights, args):
+    """Flights with a label, one per flight key, keyed, optionally subsampled; and their counts."""
     from pyspark.sql import functions as F
-
-    def or_unknown(column):
-        return F.coalesce(column, F.lit(UNKNOWN))
-
-    flights = read_table(spark, "flights", inputs["flights"])
-    weather = read_table(spark, "weather", inputs["weather"])
-    planes = read_table(spark, "planes", inputs["planes"])
-    airlines = read_table(spark, "airlines", inputs["airlines"])
 
     # -- flights: label, duplicates (one pass; labelled rows sort first within a key) ------
     flights = flights.withColumn("_no_label", F.col("arr_delay").isNull())
@@ -589,6 +394,12 @@ def build(spark, args, inputs: dict[str, dict[str, list[str]]]) -> dict:
     if args.subsample_fraction < 1.0:
         keep_below = round(args.subsample_fraction * HASH_BUCKETS)
         clean = clean.where(hash_bucket("subsample", args.seed, "flight_key") < keep_below)
+    return clean, flight_counts
+
+
+def dedup_dimensions(weather, planes, airlines):
+    """Weather, planes and airlines with one row per join key (prefixed columns for the join)."""
+    from pyspark.sql import functions as F
 
     # -- dimensions: one row per join key, deterministically ------------------------------
     weather = dedup(weather, ("origin", "time_hour"), "_dup")
@@ -621,6 +432,15 @@ def build(spark, args, inputs: dict[str, dict[str, list[str]]]) -> dict:
     airlines = airlines.where(~F.col("_dup")).select(
         F.col("carrier").alias("_a_carrier"), F.col("name").alias("_a_name"), F.lit(True).alias("_a_match")
     )
+    return (weather, planes, airlines), dim_dups
+
+
+def derive_features(clean, weather, planes, airlines, args):
+    """Left-join the dimensions, derive every output column and the train/validation split."""
+    from pyspark.sql import functions as F
+
+    def or_unknown(column):
+        return F.coalesce(column, F.lit(UNKNOWN))
 
     joined = (
         clean.join(
@@ -673,6 +493,12 @@ def build(spark, args, inputs: dict[str, dict[str, list[str]]]) -> dict:
         F.when(hash_bucket("split", args.seed, "flight_key") < valid_below, "validation").otherwise("train"),
     )
     features.cache()
+    return features
+
+
+def write_splits(features, args) -> dict:
+    """Counts per split, then each split written sorted and tidied; returns the counts."""
+    from pyspark.sql import functions as F
 
     stats_rows = (
         features.groupBy("_split")
@@ -699,6 +525,13 @@ def build(spark, args, inputs: dict[str, dict[str, list[str]]]) -> dict:
             .parquet(file_uri(os.path.join(args.output, split)))
         )
         tidy_output_dir(os.path.join(args.output, split))
+    return per_split
+
+
+def job_stats(
+    spark, args, inputs: dict[str, dict[str, list[str]]], flight_counts, per_split, dim_dups
+) -> dict:
+    """The ``job_stats.json`` document: counts, label rates, column roles, input files."""
 
     def split_value(split: str, field: str) -> int:
         row = per_split.get(split)
@@ -763,7 +596,7 @@ def tidy_output_dir(directory: str) -> None:
         if name.startswith((".", "_")):
             os.remove(path)
         elif name.startswith("part-") and name.endswith(".parquet"):
-            canonicalize_footer(path)
+            parquet_footer.canonicalize_footer(path)
             os.replace(path, os.path.join(directory, "-".join(name.split("-")[:2]) + ".parquet"))
 
 

@@ -62,3 +62,28 @@ def classification_metrics(y_true: np.ndarray, y_score: np.ndarray) -> dict[str,
         "mean_score": float(y_score.mean()),
         "rows": len(y_true),
     }
+
+
+def calibration_png(tables: dict[str, list[dict]], title: str, dpi: int = 110) -> bytes:
+    """One reliability diagram (PNG) with a curve per calibration table, against the diagonal."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
+    for name, table in tables.items():
+        rows = [r for r in table if r["count"]]
+        ax.plot([r["mean_score"] for r in rows], [r["observed_rate"] for r in rows], marker="o", label=name)
+    ax.set_xlabel("mean predicted probability")
+    ax.set_ylabel("observed delay rate")
+    ax.set_title(title)
+    ax.legend()
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from mlpipeline.config import get_settings
+from mlpipeline.settings import get_settings
 
 #: Model version / run tags (no dots: MLflow's search filters take them unquoted).
 TAG_DAG_ID = "airflow_dag_id"

@@ -248,25 +248,6 @@ def importance_plot(booster: xgb.Booster, path: Path) -> None:
     plt.close(fig)
 
 
-def calibration_plot(table: list[dict], path: Path, title: str = "Calibration (validation)") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in table if r["count"]]
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
-    ax.plot([r["mean_score"] for r in rows], [r["observed_rate"] for r in rows], marker="o", label="model")
-    ax.set_xlabel("mean predicted probability")
-    ax.set_ylabel("observed delay rate")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def reference_sample(data: TrainingData, booster: xgb.Booster, rows: int, seed: int) -> pd.DataFrame:
     """Training features (raw values), label and the model's score, for drift checks later."""
     frame = data.train_frame

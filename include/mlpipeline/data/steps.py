@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlpipeline.config import Settings, get_settings
+from mlpipeline import locations
 from mlpipeline.data import datasets
 from mlpipeline.data.landing import iter_days
 from mlpipeline.lake import Lake
 from mlpipeline.pipeline_config import PipelineConfig, get_pipeline_config
+from mlpipeline.settings import Settings, get_settings
 from mlpipeline.spark_jobs import build_dataset as job
 
 #: Raw tables the job reads every day of its window, and once (at the window's end).
@@ -83,8 +84,8 @@ class BuildPlan:
 
 def required_partitions(start: dt.date, end: dt.date) -> list[str]:
     """Raw partitions a window needs: daily tables every day, dimensions at the end day."""
-    needed = [f"raw/{t}/dt={d.isoformat()}" for t in DAILY_TABLES for d in iter_days(start, end)]
-    return needed + [f"raw/{t}/dt={end.isoformat()}" for t in DIMENSION_TABLES]
+    needed = [locations.raw_partition(t, d) for t in DAILY_TABLES for d in iter_days(start, end)]
+    return needed + [locations.raw_partition(t, end) for t in DIMENSION_TABLES]
 
 
 def training_window(day: dt.date, cfg: PipelineConfig, settings: Settings) -> tuple[dt.date, dt.date]:
@@ -183,8 +184,9 @@ def gate(plan: BuildPlan, lake: Lake | None = None, cfg: PipelineConfig | None =
     report = validate_staged(staging, cfg.quality, plan.start, plan.end, plan.subsample_fraction)
     title = f"Quality gate: {plan.name} {plan.version} (window {plan.start}..{plan.end})"
     markdown = report.to_markdown(title)
-    lake.write_bytes(f"reports/quality/{plan.name}/{plan.version}/summary.md", markdown.encode())
-    lake.write_bytes(f"reports/quality/{plan.name}/{plan.version}/validation.json", report.to_json().encode())
+    reports = locations.quality_report_dir(plan.name, plan.version)
+    lake.write_bytes(f"{reports}/summary.md", markdown.encode())
+    lake.write_bytes(f"{reports}/validation.json", report.to_json().encode())
     if not report.success:
         failed = "; ".join(f.describe() for f in report.failures)
         reason = f"{len(report.failures)} expectation(s) failed: {failed}"
@@ -262,7 +264,7 @@ def publish_golden(
         golden=None,
         run=run,
     )
-    commit = datasets.publish_golden(lake, golden, manifest)
+    commit = datasets.publish_golden_frame(lake, golden, manifest)
     shutil.rmtree(staging.parent, ignore_errors=True)
     manifest["path"] = lake.uri(commit.directory)
     return manifest

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mlpipeline import locations
 from mlpipeline.data import datasets
 from mlpipeline.lake import Lake
 from mlpipeline.pipeline_config import PipelineConfig, get_pipeline_config
@@ -56,7 +57,7 @@ def requested_version(
     if manual:
         lake = lake or Lake.from_settings()
         name = get_pipeline_config().dataset.name
-        published = lake.committed_partitions(f"datasets/{name}", key="ds")
+        published = lake.committed_partitions(locations.datasets_root(name), key="ds")
         if not published:
             raise DatasetRefusedError(
                 f"no published version of dataset {name}: run dataset_generation first, or name a version"
@@ -126,7 +127,6 @@ def train_candidate(
     import mlflow
 
     from mlpipeline.training import train
-    from mlpipeline.training.metrics import calibration_table, classification_metrics
 
     cfg = cfg or get_pipeline_config()
     lake = lake or Lake.from_settings()
@@ -149,8 +149,31 @@ def train_candidate(
         log.info("reusing finished training run %s of this Airflow run", previous.info.run_id)
         return _summary(previous, uri)
 
+    started = time.perf_counter()
+    with (
+        train.scratch_dir() as tmp,
+        mlflow.start_run(
+            run_name=f"train {manifest['version']}", tags=_run_tags(manifest, lake, cfg, airflow)
+        ) as run,
+    ):
+        workdir = Path(tmp)
+        mlflow.log_input(_mlflow_dataset(manifest, frames["train"], lake, cfg), context="training")
+        booster, best = _search_and_fit(data, frames, tcfg, n_trials)
+        _log_evaluation_artifacts(booster, data, best, manifest, workdir)
+        reference_uri = _keep_reference_sample(booster, data, tcfg, run.info.run_id, lake, workdir)
+        info = train.log_model(booster, data, workdir)
+        mlflow.set_tags({"model_uri": info.model_uri, tracking.TAG_REFERENCE: reference_uri})
+        mlflow.log_metric("task_seconds", time.perf_counter() - started)
+    finished = mlflow.get_run(run.info.run_id)
+    return _summary(finished, uri)
+
+
+def _run_tags(
+    manifest: dict[str, Any], lake: Lake, cfg: PipelineConfig, airflow: dict[str, str]
+) -> dict[str, str]:
+    """Lineage tags of the training run: dataset, window, golden set, code, settings, Airflow."""
     golden = datasets.current_golden(lake, cfg.golden.name)
-    tags = {
+    return {
         tracking.TAG_ROLE: "training",
         tracking.TAG_DATASET: manifest["name"],
         tracking.TAG_DATASET_VERSION: manifest["version"],
@@ -160,75 +183,88 @@ def train_candidate(
         tracking.TAG_GOLDEN: golden.version if golden else "",
         tracking.TAG_GIT_SHA: datasets.code_version()["git_sha"],
         tracking.TAG_SETTINGS_HASH: cfg.fingerprint(),
-        tracking.TAG_SEED: str(tcfg.seed),
+        tracking.TAG_SEED: str(cfg.training.seed),
         **airflow,
     }
-    started = time.perf_counter()
-    with (
-        train.scratch_dir() as tmp,
-        mlflow.start_run(run_name=f"train {manifest['version']}", tags=tags) as run,
+
+
+def _search_and_fit(data, frames: dict[str, Any], tcfg, n_trials: int):
+    """Optuna search (nested runs), then the final fit on the best parameters; logged to the run."""
+    import mlflow
+
+    from mlpipeline.training import train
+
+    mlflow.log_params(
+        {
+            "n_trials": n_trials,
+            "timeout_s": tcfg.timeout_s,
+            "num_boost_round_max": tcfg.num_boost_round,
+            "early_stopping_rounds": tcfg.early_stopping_rounds,
+            "rows_train": len(frames["train"]),
+            "rows_validation": len(frames["validation"]),
+        }
+    )
+    best = train.search(data, tcfg, n_trials, tcfg.timeout_s)
+    mlflow.log_params({f"best_{k}": v for k, v in best["params"].items()})
+    mlflow.log_metrics(
+        {
+            "search_best_val_logloss": best["val_logloss"],
+            "search_best_val_auc": best["val_auc"],
+            "search_trials": best["n_trials"],
+            "search_pruned": best["n_pruned"],
+        }
+    )
+    fit_started = time.perf_counter()
+    booster = train.fit_final(data, tcfg, best["params"])
+    fit_seconds = time.perf_counter() - fit_started
+    rounds = booster.num_boosted_rounds()
+    mlflow.log_metrics({"final_rounds": rounds, "final_fit_seconds": fit_seconds})
+    mlflow.log_params({"final_num_boost_round": rounds})
+    return booster, best
+
+
+def _log_evaluation_artifacts(
+    booster, data, best: dict[str, Any], manifest: dict[str, Any], workdir: Path
+) -> None:
+    """Validation metrics, calibration table and plot, importance, best trial, manifest."""
+    import mlflow
+
+    from mlpipeline.training import train
+    from mlpipeline.training.metrics import calibration_png, calibration_table, classification_metrics
+
+    scores = train.predict(booster, data.x_valid)
+    metrics = classification_metrics(data.y_valid, scores)
+    mlflow.log_metrics({f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+    table = calibration_table(data.y_valid, scores)
+    train.write_json(workdir / "calibration.json", table)
+    (workdir / "calibration.png").write_bytes(calibration_png({"model": table}, "Calibration (validation)"))
+    train.importance_plot(booster, workdir / "feature_importance.png")
+    train.write_json(workdir / "best_trial.json", best)
+    train.write_json(workdir / "dataset_manifest.json", {k: v for k, v in manifest.items() if k != "columns"})
+    for name in (
+        "calibration.json",
+        "calibration.png",
+        "feature_importance.png",
+        "best_trial.json",
+        "dataset_manifest.json",
     ):
-        workdir = Path(tmp)
-        mlflow.log_input(_mlflow_dataset(manifest, frames["train"], lake, cfg), context="training")
-        mlflow.log_params(
-            {
-                "n_trials": n_trials,
-                "timeout_s": tcfg.timeout_s,
-                "num_boost_round_max": tcfg.num_boost_round,
-                "early_stopping_rounds": tcfg.early_stopping_rounds,
-                "rows_train": len(frames["train"]),
-                "rows_validation": len(frames["validation"]),
-            }
+        mlflow.log_artifact(
+            str(workdir / name), artifact_path="evaluation" if "calibration" in name else None
         )
-        best = train.search(data, tcfg, n_trials, tcfg.timeout_s)
-        mlflow.log_params({f"best_{k}": v for k, v in best["params"].items()})
-        mlflow.log_metrics(
-            {
-                "search_best_val_logloss": best["val_logloss"],
-                "search_best_val_auc": best["val_auc"],
-                "search_trials": best["n_trials"],
-                "search_pruned": best["n_pruned"],
-            }
-        )
-        fit_started = time.perf_counter()
-        booster = train.fit_final(data, tcfg, best["params"])
-        fit_seconds = time.perf_counter() - fit_started
-        rounds = booster.num_boosted_rounds()
-        scores = train.predict(booster, data.x_valid)
-        metrics = classification_metrics(data.y_valid, scores)
-        mlflow.log_metrics({f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
-        mlflow.log_metrics({"final_rounds": rounds, "final_fit_seconds": fit_seconds})
-        mlflow.log_params({"final_num_boost_round": rounds})
-        table = calibration_table(data.y_valid, scores)
-        train.write_json(workdir / "calibration.json", table)
-        train.calibration_plot(table, workdir / "calibration.png")
-        train.importance_plot(booster, workdir / "feature_importance.png")
-        train.write_json(workdir / "best_trial.json", best)
-        train.write_json(
-            workdir / "dataset_manifest.json", {k: v for k, v in manifest.items() if k != "columns"}
-        )
-        for name in (
-            "calibration.json",
-            "calibration.png",
-            "feature_importance.png",
-            "best_trial.json",
-            "dataset_manifest.json",
-        ):
-            mlflow.log_artifact(
-                str(workdir / name), artifact_path="evaluation" if "calibration" in name else None
-            )
 
-        reference = train.reference_sample(data, booster, tcfg.reference_sample_rows, tcfg.seed)
-        reference_path = f"references/{tcfg.model_name}/run={run.info.run_id}/reference.parquet"
-        lake.write_bytes(reference_path, reference.to_parquet(index=False))
-        reference.to_parquet(workdir / "reference.parquet", index=False)
-        mlflow.log_artifact(str(workdir / "reference.parquet"), artifact_path="reference")
 
-        info = train.log_model(booster, data, workdir)
-        mlflow.set_tags({"model_uri": info.model_uri, tracking.TAG_REFERENCE: lake.uri(reference_path)})
-        mlflow.log_metric("task_seconds", time.perf_counter() - started)
-    finished = mlflow.get_run(run.info.run_id)
-    return _summary(finished, uri)
+def _keep_reference_sample(booster, data, tcfg, run_id: str, lake: Lake, workdir: Path) -> str:
+    """The reference sample monitoring compares traffic with: in the lake and on the run; its URI."""
+    import mlflow
+
+    from mlpipeline.training import train
+
+    reference = train.reference_sample(data, booster, tcfg.reference_sample_rows, tcfg.seed)
+    reference_path = locations.reference_sample(tcfg.model_name, run_id)
+    lake.write_bytes(reference_path, reference.to_parquet(index=False))
+    reference.to_parquet(workdir / "reference.parquet", index=False)
+    mlflow.log_artifact(str(workdir / "reference.parquet"), artifact_path="reference")
+    return lake.uri(reference_path)
 
 
 def _mlflow_dataset(manifest: dict[str, Any], train_frame, lake: Lake, cfg: PipelineConfig):

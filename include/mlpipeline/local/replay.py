@@ -6,23 +6,8 @@ log files them under ``serving/predictions/dt=D/``). The true outcomes arrive la
 would in production: :func:`land_labels` writes them to ``serving/labels/dt=D/``, and the
 ``traffic_replay`` DAG lands day D's labels ``LABEL_DELAY_DAYS`` days after its traffic.
 
-Request rows (:func:`request_rows_for_day`)
--------------------------------------------
-**This module duplicates the feature derivation of the Spark job**
-(:mod:`mlpipeline.spark_jobs.build_dataset`, see its ``COLUMN_DOCS``) in plain pandas, for the
-serving side: a client builds the features of one day without a Spark cluster. The two must
-give identical values; ``tests/unit/test_replay.py`` runs the real job on a real day and
-compares every feature of every flight. Change one, change both.
-
-Differences from the job, on purpose: every scheduled flight is sent, cancelled and diverted
-ones too (production traffic has no label yet), and no subsample is applied. As in the job,
-duplicates on the flight key keep one row (chosen by the job's total order), weather comes
-from the day's partition, planes from the day's snapshot (airlines only give the job's
-``airline_name``, an analysis column, so they are not read).
-
-Only the features the served model's spec lists are sent (plus ``flight_key``): the server
-rejects unknown fields. Values are JSON-safe: ``int`` for whole-number features, ``float``
-for the others, ``str`` for categories, ``None`` for a missing number.
+Request rows come from :func:`mlpipeline.serving.features.request_rows_for_day` (the Spark
+job's feature derivation in pandas), with only the features the served model's spec lists.
 
 Labels (:func:`land_labels`)
 ----------------------------
@@ -42,9 +27,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mlpipeline.data.landing import partition_dir
-from mlpipeline.features import INTEGER_FEATURES
-from mlpipeline.lake import Lake, LakeError
+from mlpipeline import locations
+from mlpipeline.lake import Lake
+from mlpipeline.serving.features import (
+    FeatureDerivationError,
+    clean_flights,
+    request_rows_for_day,
+    require_raw,
+)
+from mlpipeline.serving.location import served_features
 from mlpipeline.spark_jobs import build_dataset as job
 
 if TYPE_CHECKING:
@@ -65,20 +56,17 @@ MAX_REJECTED_SHARE = 0.05
 #: Labels of day D land with the traffic of day D + LABEL_DELAY_DAYS.
 LABEL_DELAY_DAYS = 2
 
-LABELS_PREFIX = "serving/labels"
-#: Raw partitions the request rows are built from (airlines only feed an analysis column).
-REQUEST_TABLES = ("flights", "weather", "planes")
 #: Pauses before the retries of a request that met a 5xx/429 answer or a connection error.
 RETRY_DELAYS_S = (0.2, 0.5, 1.0)
 REQUEST_TIMEOUT_S = 10.0
 
 
-class ReplayError(RuntimeError):
-    """The day cannot be replayed or its labels cannot be landed; the message says why."""
+class ReplayError(FeatureDerivationError):
+    """The day cannot be replayed or its labels cannot be landed; the message says why.
 
-
-class MissingRawError(ReplayError):
-    """Raw partitions the day needs are not committed."""
+    A :class:`~mlpipeline.serving.features.FeatureDerivationError` (as is
+    :class:`~mlpipeline.serving.features.MissingRawError`): one ``except`` catches both.
+    """
 
 
 class ServerUnavailableError(ReplayError):
@@ -91,187 +79,6 @@ class ServerUnavailableError(ReplayError):
 
 class RowsRejectedError(ReplayError):
     """The server refused more rows than tolerated (deterministic: a rerun would not help)."""
-
-
-def labels_dir(day: dt.date) -> str:
-    """Lake directory of the labels of ``day``."""
-    return f"{LABELS_PREFIX}/dt={day.isoformat()}"
-
-
-def require_raw(lake: Lake, day: dt.date, tables: Sequence[str] = REQUEST_TABLES) -> None:
-    """:class:`MissingRawError` naming every partition of ``day`` that is not committed."""
-    missing = lake.missing(partition_dir(t, day) for t in tables)
-    if missing:
-        raise MissingRawError(
-            f"{len(missing)} raw partition(s) not committed: {', '.join(missing)}; "
-            f"land {day.isoformat()} first (DAG raw_landing, or `airflow backfill create --dag-id "
-            f"raw_landing --from-date {day.isoformat()} --to-date {day.isoformat()}`)"
-        )
-
-
-# ------------------------------------------------------------------------------------------
-# Features: the Spark job's derivation, in pandas
-# ------------------------------------------------------------------------------------------
-def _read_raw(lake: Lake, table: str, day: dt.date, extra: Sequence[str] = ()) -> pd.DataFrame:
-    """The job's read: only its columns (then ``extra``), integers as Int64, numbers as Float64."""
-    frame = lake.read_frame(partition_dir(table, day))
-    columns = job.RAW_COLUMNS[table]
-    missing = [c for c in [*columns, *extra] if c not in frame.columns]
-    if missing:
-        raise ReplayError(f"raw/{table}/dt={day.isoformat()} lacks column(s) {', '.join(missing)}")
-    out = frame[[*columns, *extra]].copy()
-    for column, kind in columns.items():
-        if kind == "int":
-            out[column] = out[column].astype("Int64")
-        elif kind == "double":
-            out[column] = out[column].astype("Float64")
-        elif kind == "string":
-            out[column] = out[column].astype("string")
-    return out
-
-
-def _dedup(frame: pd.DataFrame, key: Sequence[str], first: Sequence[str] = ()) -> pd.DataFrame:
-    """The job's :func:`dedup`: one row per complete ``key``, the first in its total order.
-
-    Order: the ``first`` columns, then every other column ascending with nulls first. Rows
-    with a null key part are all kept.
-    """
-    others = [c for c in frame.columns if c not in key and c not in first]
-    ordered = frame.sort_values([*first, *others], na_position="first", kind="mergesort")
-    complete = ordered[list(key)].notna().all(axis=1)
-    duplicate = complete & ordered.duplicated(list(key), keep="first")
-    return ordered.loc[~duplicate].sort_index()
-
-
-def flight_keys(flights: pd.DataFrame) -> pd.Series:
-    """The job's ``flight_key`` (``YYYY-MM-DD_<carrier>_<flight>_<origin>_<HHMM>``; null if a part is)."""
-    import pandas as pd
-
-    parts = flights[list(job.FLIGHT_KEY_COLUMNS)]
-    complete = parts.notna().all(axis=1)
-    keys = [
-        f"{int(y):04d}-{int(m):02d}-{int(d):02d}_{c}_{int(f)}_{o}_{int(s):04d}" if ok else None
-        for ok, y, m, d, c, f, o, s in zip(complete, *(parts[c] for c in parts.columns), strict=True)
-    ]
-    return pd.Series(keys, index=flights.index, dtype="string")
-
-
-def _flight_dates(flights: pd.DataFrame) -> pd.Series:
-    """Local scheduled departure date; null when year/month/day is not a valid date."""
-    import pandas as pd
-
-    dates = []
-    for y, m, d in zip(flights["year"], flights["month"], flights["day"], strict=True):
-        try:
-            dates.append(dt.date(int(y), int(m), int(d)))
-        except (TypeError, ValueError):  # null part or no such day
-            dates.append(None)
-    return pd.Series(dates, index=flights.index, dtype="object")
-
-
-def _clean_flights(lake: Lake, day: dt.date, extra: Sequence[str] = ()) -> pd.DataFrame:
-    """Day D's flights, one per flight key (the job's choice), with key and date.
-
-    ``extra`` columns come last in the order that picks among duplicates, so they only
-    break ties the job leaves open: the row kept is always one the job could keep.
-    """
-    flights = _read_raw(lake, "flights", day, extra)
-    flights["_no_label"] = flights["arr_delay"].isna()
-    flights = _dedup(flights, job.FLIGHT_KEY_COLUMNS, first=("_no_label",)).drop(columns="_no_label")
-    flights["flight_key"] = flight_keys(flights)
-    flights["flight_date"] = _flight_dates(flights)
-    return flights.reset_index(drop=True)
-
-
-def features_for_day(lake: Lake, day: dt.date) -> pd.DataFrame:
-    """Every scheduled flight of ``day`` (cancelled ones too) with ``flight_key`` and all features.
-
-    Columns: ``flight_key`` then :data:`build_dataset.FEATURE_COLUMNS`, with the job's types
-    (Int64 for whole numbers, Float64, string) and null handling.
-    """
-    import pandas as pd
-
-    require_raw(lake, day)
-    flights = _clean_flights(lake, day)
-    # traffic arrives in scheduled-departure order
-    flights = flights.sort_values(["sched_dep_time", "flight_key"], na_position="last", kind="mergesort")
-
-    weather = _dedup(_read_raw(lake, "weather", day), ("origin", "time_hour"))
-    weather = weather.dropna(subset=["origin", "time_hour"])  # a null key never joins in Spark
-    weather = weather[["origin", "time_hour", *job.WEATHER_COLUMNS]].rename(
-        columns={c: f"_w_{c}" for c in job.WEATHER_COLUMNS}
-    )
-    planes = _dedup(_read_raw(lake, "planes", day), ("tailnum",)).dropna(subset=["tailnum"])
-    planes = planes.rename(columns={c: f"_p_{c}" for c in planes.columns if c != "tailnum"})
-
-    # Null keys were dropped from the dimensions: pandas would join null to null, Spark never does.
-    joined = flights.merge(weather, on=["origin", "time_hour"], how="left", validate="many_to_one")
-    joined = joined.merge(planes, on="tailnum", how="left", validate="many_to_one")
-    if len(joined) != len(flights):
-        raise ReplayError(f"joining the dimensions changed the flights of {day.isoformat()}")
-
-    def unknown(column: str) -> pd.Series:
-        return joined[column].astype("string").fillna(job.UNKNOWN)
-
-    iso_weekday = pd.array(
-        [d.isoweekday() if d is not None else None for d in joined["flight_date"]], dtype="Int64"
-    )
-    sched = joined["sched_dep_time"]
-    out = pd.DataFrame(
-        {
-            "flight_key": joined["flight_key"],
-            "month": joined["month"].astype("Int64"),
-            "day_of_week": iso_weekday,
-            "sched_dep_hour": sched // 100,  # floor division and a non-negative modulo, as Spark's
-            "sched_dep_minute": sched % 100,  # floor() and pmod() for a positive divisor
-            "carrier": unknown("carrier"),
-            "origin": unknown("origin"),
-            "dest": unknown("dest"),
-            "distance": joined["distance"].astype("Float64"),
-            **{c: joined[f"_w_{c}"].astype("Float64") for c in job.WEATHER_COLUMNS},
-            "plane_age": (joined["year"] - joined["_p_year"]).astype("Int64"),
-            "plane_seats": joined["_p_seats"].astype("Int64"),
-            "plane_engines": joined["_p_engines"].astype("Int64"),
-            "plane_type": unknown("_p_type"),
-            "plane_manufacturer": unknown("_p_manufacturer"),
-        }
-    )
-    return out[["flight_key", *job.FEATURE_COLUMNS]]
-
-
-def request_rows_for_day(lake: Lake, day: dt.date, spec_features: Sequence[str]) -> list[dict[str, Any]]:
-    """Request rows (JSON-safe) for every flight scheduled on ``day``, with ``spec_features`` only.
-
-    ``spec_features`` is the served model's feature list (its ``feature_spec.json``; see
-    :func:`served_features`). :class:`ReplayError` if it names a feature the job does not
-    derive; :class:`MissingRawError` if the day's raw partitions are not committed.
-    """
-    unknown = [f for f in spec_features if f not in job.FEATURE_COLUMNS]
-    if unknown:
-        raise ReplayError(
-            f"the model wants feature(s) {', '.join(unknown)}, which the dataset job does not derive "
-            f"(known: {', '.join(job.FEATURE_COLUMNS)})"
-        )
-    frame = features_for_day(lake, day)
-    columns = {name: _json_values(frame[name], name) for name in spec_features}
-    keys = _json_values(frame["flight_key"], "flight_key")
-    rows = []
-    for i, key in enumerate(keys):
-        row = {name: values[i] for name, values in columns.items()}
-        if key is not None:
-            row["flight_key"] = key
-        rows.append(row)
-    return rows
-
-
-def _json_values(series: pd.Series, name: str) -> list[Any]:
-    import pandas as pd
-
-    if name in job.CATEGORICAL_FEATURES or name == "flight_key":
-        return [None if pd.isna(v) else str(v) for v in series]
-    if name in INTEGER_FEATURES:
-        return [None if pd.isna(v) else int(v) for v in series]
-    return [None if pd.isna(v) else float(v) for v in series]
 
 
 # ------------------------------------------------------------------------------------------
@@ -318,29 +125,6 @@ def check_server(server_url: str, timeout_s: float = 5.0) -> dict[str, Any]:
             "(DAG model_deployment)"
         )
     return health
-
-
-def served_spec(lake: Lake, model: str, version: str):
-    """Feature spec of a model version, read from its export in the serving location."""
-    from mlpipeline.features import FeatureSpec
-    from mlpipeline.serving import location
-    from mlpipeline.serving.model import SPEC_PATH
-
-    directory = location.version_dir(model, version)
-    try:
-        commit = lake.read_commit(directory)
-    except LakeError as err:
-        raise ReplayError(f"cannot read the served model's feature spec: {err}") from None
-    spec_name = SPEC_PATH.as_posix()
-    for name, rel in zip(commit.files, commit.file_paths(), strict=True):
-        if name == spec_name:
-            return FeatureSpec.from_json(lake.read_bytes(rel).decode())
-    raise ReplayError(f"{lake.uri(directory)} holds no {spec_name}")
-
-
-def served_features(lake: Lake, model: str, version: str) -> list[str]:
-    """Feature list of the model version the server serves, read from its export in the lake."""
-    return list(served_spec(lake, model, version).features)
 
 
 def replay_day(
@@ -510,7 +294,7 @@ def replay_traffic(
     features = served_features(lake, str(health["model"]), str(health["version"]))
     rows = request_rows_for_day(lake, day, features)
     if not rows:
-        raise ReplayError(f"raw/flights/dt={day.isoformat()} holds no flights to replay")
+        raise ReplayError(f"{locations.raw_partition('flights', day)} holds no flights to replay")
     result = replay_day(server_url, rows, day, rate_per_s, batch_size, timeout_s)
     if result.failed > max_rejected_share * result.sent:
         raise RowsRejectedError(
@@ -528,7 +312,7 @@ def labels_for_day(lake: Lake, day: dt.date) -> pd.DataFrame:
     import pandas as pd
 
     require_raw(lake, day, ("flights",))
-    flights = _clean_flights(lake, day, extra=("dep_time",))
+    flights = clean_flights(lake, day, extra=("dep_time",))
     arr_delay = flights["arr_delay"].astype("Float64")
     delayed = (arr_delay > job.LABEL_THRESHOLD_MINUTES).astype("Int32")  # null stays null
     cancelled = flights["dep_time"].isna().to_numpy(dtype=bool)
@@ -548,7 +332,7 @@ def land_labels(lake: Lake, day: dt.date) -> dict[str, Any]:
     """Publish the labels of ``day`` to ``serving/labels/dt=D/`` atomically (a rerun replaces them)."""
     labels = labels_for_day(lake, day)
     if labels.empty:
-        raise ReplayError(f"raw/flights/dt={day.isoformat()} holds no flights: no labels to land")
+        raise ReplayError(f"{locations.raw_partition('flights', day)} holds no flights: no labels to land")
     keyed = labels[labels["flight_key"].notna()]
     summary = {
         "day": day.isoformat(),
@@ -559,7 +343,9 @@ def land_labels(lake: Lake, day: dt.date) -> dict[str, Any]:
         "diverted": int(keyed["diverted"].sum()),
         "without_key": len(labels) - len(keyed),
     }
-    commit = lake.publish_frames(labels_dir(day), {"labels": keyed.reset_index(drop=True)}, meta=summary)
+    commit = lake.publish_frames(
+        locations.labels_dir(day), {"labels": keyed.reset_index(drop=True)}, meta=summary
+    )
     return summary | {"path": lake.uri(commit.directory)}
 
 

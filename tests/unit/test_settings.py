@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mlpipeline.config import PROJECT_ROOT, Settings, SettingsError, load_settings
+from mlpipeline.settings import PROJECT_ROOT, Settings, SettingsError, load_settings
 
 
 def test_defaults_run_on_one_machine():

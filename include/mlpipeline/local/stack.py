@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -20,7 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlpipeline.config import PROJECT_ROOT, Settings
+from mlpipeline import secrets as product_secrets
+from mlpipeline.settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class StackPaths:
 
     @property
     def secrets_file(self) -> Path:
-        return self.state_dir / "secrets.json"
+        return product_secrets.secrets_file(self.state_dir)
 
     @property
     def passwords_file(self) -> Path:
@@ -71,25 +71,9 @@ def venv_bin() -> Path:
 
 
 def load_or_create_secrets(paths: StackPaths, settings: Settings) -> dict[str, str]:
-    """Secrets generated once per state dir: JWT and API keys, and the admin password."""
+    """Secrets generated once per state dir (:mod:`mlpipeline.secrets`), and the Airflow login."""
     paths.ensure()
-    stored: dict[str, str] = {}
-    if paths.secrets_file.exists():
-        stored = json.loads(paths.secrets_file.read_text())
-    changed = False
-    for key in ("jwt_secret", "api_secret_key", "serving_admin_token"):
-        if not stored.get(key):
-            stored[key] = secrets.token_urlsafe(32)
-            changed = True
-    if settings.admin_password and stored.get("admin_password") != settings.admin_password:
-        stored["admin_password"] = settings.admin_password
-        changed = True
-    elif not stored.get("admin_password"):
-        stored["admin_password"] = secrets.token_urlsafe(12)
-        changed = True
-    if changed:
-        paths.secrets_file.write_text(json.dumps(stored, indent=2))
-        paths.secrets_file.chmod(0o600)
+    stored = product_secrets.load_or_create(paths.state_dir, settings)
     # SimpleAuthManager keeps a user's password once it is in this file: writing it fixes the login.
     paths.passwords_file.write_text(json.dumps({settings.admin_user: stored["admin_password"]}))
     paths.passwords_file.chmod(0o600)
@@ -139,6 +123,8 @@ def airflow_environment(
         "MLP_STATE_DIR": str(settings.state_dir),
         "MLP_MLFLOW_TRACKING_URI": settings.resolved_mlflow_uri,
         "MLFLOW_TRACKING_URI": settings.resolved_mlflow_uri,
+        # Tasks and services are never interactive: no artifact-download progress bars in their logs.
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         "NO_PROXY": "127.0.0.1,localhost",
         # XGBoost's OpenMP threads spin while idle by default; on a shared 2-core machine that
         # made fits 10-40x slower whenever another process wanted a core (bench/training.py).

@@ -98,6 +98,24 @@ class AirflowApi:
     def dag_run(self, dag_id: str, run_id: str) -> dict:
         return self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
 
+    def wait_for_run(self, dag_id: str, run_id: str, timeout_s: float = 900, missing_ok: bool = False) -> str:
+        """Poll run ``run_id`` until it succeeded or failed; return that state.
+
+        ``missing_ok``: a run not created yet (another DAG triggers it) is waited for, not an error.
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                state = self.dag_run(dag_id, run_id)["state"]
+            except AirflowApiError:
+                if not missing_ok:
+                    raise
+                state = "missing"
+            if state in ("success", "failed"):
+                return state
+            time.sleep(3)
+        raise AirflowApiError(f"{dag_id} run {run_id} not finished after {timeout_s:.0f}s")
+
     def dag_runs(self, dag_id: str, **params: Any) -> list[dict]:
         params.setdefault("limit", 100)
         return self._call("GET", f"/dags/{dag_id}/dagRuns", params=params)["dag_runs"]

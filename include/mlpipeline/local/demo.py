@@ -29,13 +29,14 @@ import datetime as dt
 import threading
 import time
 
-from mlpipeline import stack
-from mlpipeline.airflow_api import AirflowApi, AirflowApiError
-from mlpipeline.config import Settings
+from mlpipeline import locations
 from mlpipeline.data import datasets
 from mlpipeline.data.landing import iter_days
 from mlpipeline.lake import Lake
+from mlpipeline.local import stack
+from mlpipeline.local.airflow_api import AirflowApi, AirflowApiError
 from mlpipeline.pipeline_config import PipelineConfig, get_pipeline_config
+from mlpipeline.settings import Settings
 
 
 def backfill_and_wait(api: AirflowApi, dag_id: str, start, end, timeout_s: float = 1800) -> dict:
@@ -61,13 +62,7 @@ def trigger_and_wait(api: AirflowApi, dag_id: str, conf: dict, timeout_s: float 
     api.wait_for_dag(dag_id)
     api.set_paused(dag_id, False)
     run = api.trigger(dag_id, conf=conf)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        state = api.dag_run(dag_id, run["dag_run_id"])["state"]
-        if state in ("success", "failed"):
-            return state
-        time.sleep(3)
-    raise AirflowApiError(f"{dag_id} run {run['dag_run_id']} not finished after {timeout_s:.0f}s")
+    return api.wait_for_run(dag_id, run["dag_run_id"], timeout_s)
 
 
 #: How long model_training may sit idle without the wanted challenger before the demo retrains.
@@ -147,7 +142,7 @@ def wait_for_deployments(api: AirflowApi, lake: Lake, model_name: str, timeout_s
                 (h["to_version"] for h in reversed(history) if h["action"] in ("promote", "rollback")), None
             )
             if champion is not None:
-                from mlpipeline.config import get_settings
+                from mlpipeline.settings import get_settings
 
                 served = httpx.get(f"{get_settings().serving_url}/health", timeout=5).json().get("version")
                 decisions = [
@@ -179,7 +174,7 @@ DRIFT_DAY = dt.date(2013, 7, 15)
 
 
 def _record_lines(lake: Lake, model: str, day: dt.date) -> list[str]:
-    record = lake.read_json(f"monitoring/{model}/dt={day.isoformat()}/record.json")
+    record = lake.read_json(locations.monitoring_record(model, day))
     lines = [f"    {day}: decision {record['decision'].upper()}: {'; '.join(record['reasons'])[:300]}"]
     for finding in record["findings"]:
         lines.append(f"      {finding['check']:<12} {finding['status']:<11} {finding['summary'][:150]}")
@@ -196,32 +191,19 @@ def monitor_traffic(api: AirflowApi, lake: Lake, settings: Settings, cfg: Pipeli
     return _record_lines(lake, cfg.training.model_name, last)
 
 
-def wait_for_run(api: AirflowApi, dag_id: str, run_id: str, timeout_s: float = 900) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            state = api.dag_run(dag_id, run_id)["state"]
-        except AirflowApiError:
-            state = "missing"
-        if state in ("success", "failed"):
-            return state
-        time.sleep(3)
-    raise AirflowApiError(f"{dag_id} run {run_id} not finished after {timeout_s:.0f}s")
-
-
 def bad_deployment(api: AirflowApi, lake: Lake, settings: Settings, cfg: PipelineConfig) -> list[str]:
     """Force a degraded model into production; monitoring must roll it back by itself."""
     import httpx
     import mlflow
 
     from mlpipeline.deployment import registry, steps
-    from mlpipeline.monitoring import scenarios
+    from mlpipeline.local import scenarios
     from mlpipeline.training import tracking
 
     model = cfg.training.model_name
     first = settings.demo_last_version + dt.timedelta(days=4)
     last = settings.demo_last_version + TRAFFIC_DAYS
-    if lake.exists(f"monitoring/{model}/dt={last.isoformat()}/record.json"):
+    if lake.exists(locations.monitoring_record(model, last)):
         return ["    shown by an earlier demo run:", *_record_lines(lake, model, last)]
     api.wait_for_dag("model_rollback")
     api.set_paused("model_rollback", False)  # created unpaused; an older stack's DB may hold it paused
@@ -240,9 +222,9 @@ def bad_deployment(api: AirflowApi, lake: Lake, settings: Settings, cfg: Pipelin
         f"    forced v{bad} (inverted labels; the gate said {evaluated['decision'].upper()}) over v{good}",
         *_record_lines(lake, model, last),
     ]
-    record = lake.read_json(f"monitoring/{model}/dt={last.isoformat()}/record.json")
+    record = lake.read_json(locations.monitoring_record(model, last))
     if record["decision"] == "rollback":
-        state = wait_for_run(api, "model_rollback", f"auto_rollback__{last.isoformat()}")
+        state = api.wait_for_run("model_rollback", f"auto_rollback__{last.isoformat()}", missing_ok=True)
         served = httpx.get(f"{settings.serving_url}/health", timeout=5).json().get("version")
         lines.append(
             f"    model_rollback {state}: champion v{registry.current_champion(client, model)}, server serves v{served}"
@@ -257,9 +239,9 @@ def drift_retrain(api: AirflowApi, lake: Lake, settings: Settings, cfg: Pipeline
     backfill_and_wait(api, "traffic_replay", day, day)
     backfill_and_wait(api, "model_monitoring", day, day)
     lines = _record_lines(lake, model, day)
-    record = lake.read_json(f"monitoring/{model}/dt={day.isoformat()}/record.json")
+    record = lake.read_json(locations.monitoring_record(model, day))
     if record["decision"] == "retrain":
-        state = wait_for_run(api, "dataset_generation", f"retrain__{day.isoformat()}")
+        state = api.wait_for_run("dataset_generation", f"retrain__{day.isoformat()}", missing_ok=True)
         lines.append(f"    dataset_generation retrain__{day} {state}")
         challenger = wait_for_challenger(api, model, day.isoformat())
         lines.append(

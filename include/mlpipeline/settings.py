@@ -16,7 +16,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-#: Repository root (``include/mlpipeline/config.py`` -> three levels up).
+#: Repository root (``include/mlpipeline/settings.py`` -> three levels up).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 ENV_PREFIX = "MLP_"
