@@ -1,7 +1,9 @@
 """Command line of the pipeline: ``python -m mlpipeline COMMAND``.
 
-Commands: ``settings`` (check and print), ``land`` (raw landing for a date range),
-``up`` / ``down`` / ``status`` / ``logs`` (embedded stack), ``demo`` (the main job).
+Commands: ``settings`` (check and print); every pipeline step by hand, without a scheduler
+(``land``, ``build-dataset``, ``train``, ``evaluate``, ``promote``, ``rollback``, ``monitor``;
+``docs/RUNBOOK.md``); ``up`` / ``down`` / ``status`` / ``logs`` (embedded stack), ``demo`` (the
+main job); ``reproduce`` (rebuild a registered model).
 """
 
 from __future__ import annotations
@@ -101,6 +103,97 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0 if result.matches else 1
 
 
+def _print_result(result: dict) -> int:
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_build_dataset(args: argparse.Namespace) -> int:
+    from mlpipeline import manual
+
+    if args.golden == bool(args.day):
+        raise SystemExit("error: give either --day YYYY-MM-DD (a training version) or --golden")
+    return _print_result(
+        manual.build_dataset(
+            day=args.day,
+            golden=args.golden,
+            version=args.version,
+            start=args.start,
+            end=args.end,
+            sample_size=args.sample_size,
+        )
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mlpipeline import manual
+
+    return _print_result(manual.train(args.dataset_version, args.trials))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mlpipeline import manual
+
+    return _print_result(manual.evaluate(args.version))
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from mlpipeline import manual
+
+    result = manual.promote(args.version)
+    _print_result(result)
+    return 0 if result["decision"] == "promote" else 3
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from mlpipeline import manual
+
+    return _print_result(manual.rollback(args.to, args.reason, dry_run=args.dry_run))
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from mlpipeline import manual
+
+    return _print_result(manual.monitor(args.day))
+
+
+def _version_number(value: str) -> str:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a registered version number, got {value!r}")
+    return value
+
+
+def _add_step_commands(sub) -> None:
+    build = sub.add_parser(
+        "build-dataset", help="build, validate and publish a dataset version (Spark local[*])"
+    )
+    build.add_argument("--day", type=_date, help="the training version day, YYYY-MM-DD")
+    build.add_argument("--golden", action="store_true", help="build a golden set instead")
+    build.add_argument("--version", help="golden version name (default: the next free one)")
+    build.add_argument("--start", type=_date, help="golden range start (default: pipeline.yaml)")
+    build.add_argument("--end", type=_date, help="golden range end (default: pipeline.yaml)")
+    build.add_argument("--sample-size", type=int, help="golden rows kept (default: pipeline.yaml)")
+    build.set_defaults(func=cmd_build_dataset)
+    train = sub.add_parser("train", help="search, fit and register a challenger")
+    train.add_argument("--dataset-version", type=lambda v: _date(v).isoformat(), help="default: the newest")
+    train.add_argument("--trials", type=int, help="Optuna trials (default: pipeline.yaml)")
+    train.set_defaults(func=cmd_train)
+    evaluate = sub.add_parser("evaluate", help="challenger vs champion on the golden set (decision + report)")
+    evaluate.add_argument("--version", type=_version_number, help="default: alias challenger")
+    evaluate.set_defaults(func=cmd_evaluate)
+    promote = sub.add_parser("promote", help="evaluate, then promote or reject as the policy decides")
+    promote.add_argument("--version", type=_version_number, help="default: alias challenger")
+    promote.set_defaults(func=cmd_promote)
+    rollback = sub.add_parser("rollback", help="make an earlier good version the champion again")
+    rollback.add_argument("--to", type=_version_number, help="default: the champion before the current one")
+    rollback.add_argument("--reason", required=True, help="what went wrong, who asked (audit trail)")
+    rollback.add_argument("--dry-run", action="store_true", help="validate and say what would happen")
+    rollback.set_defaults(func=cmd_rollback)
+    monitor = sub.add_parser("monitor", help="a day's drift, quality and serving checks and the decision")
+    monitor.add_argument("--day", type=_date, required=True, help="the traffic day, YYYY-MM-DD")
+    monitor.set_defaults(func=cmd_monitor)
+
+
 def _print_access(settings) -> None:
     from mlpipeline.local import stack
 
@@ -128,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     land.add_argument("--start", type=_date, required=True, help="first day, YYYY-MM-DD")
     land.add_argument("--end", type=_date, required=True, help="last day (inclusive), YYYY-MM-DD")
     land.set_defaults(func=cmd_land)
+    _add_step_commands(sub)
     sub.add_parser("up", help="start the embedded stack").set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the embedded stack").set_defaults(func=cmd_down)
     sub.add_parser("status", help="show the embedded stack").set_defaults(func=cmd_status)
@@ -163,12 +257,27 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # a clear one-line reason, not a deep traceback, for known failures
         from mlpipeline.data.datasets import DatasetError
         from mlpipeline.data.landing import LandingError
+        from mlpipeline.deployment.registry import ChampionChangedError
+        from mlpipeline.deployment.steps import DeploymentInputError
         from mlpipeline.lake import LakeError
         from mlpipeline.local.airflow_api import AirflowApiError
         from mlpipeline.local.stack import StackError
+        from mlpipeline.manual import ManualStepError
         from mlpipeline.training.tracking import MlflowUnavailableError
+        from mlpipeline.training.train import TrainingInputError
 
-        known = (StackError, LandingError, LakeError, AirflowApiError, DatasetError, MlflowUnavailableError)
+        known = (
+            StackError,
+            LandingError,
+            LakeError,
+            AirflowApiError,
+            DatasetError,
+            MlflowUnavailableError,
+            ManualStepError,
+            DeploymentInputError,
+            TrainingInputError,
+            ChampionChangedError,
+        )
         if isinstance(err, known):
             print(f"error: {err}", file=sys.stderr)
             return 1
