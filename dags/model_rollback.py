@@ -84,7 +84,12 @@ def model_rollback():
             result = steps.rollback(
                 target,
                 reason=params["reason"],
-                actor=steps.settings_actor(dag_run.dag_id, dag_run.run_id, dag_run.triggering_user_name),
+                # Who asked: monitoring's automatic rollback says so in conf; else the UI/REST user.
+                actor=steps.settings_actor(
+                    dag_run.dag_id,
+                    dag_run.run_id,
+                    (dag_run.conf or {}).get("requested_by") or dag_run.triggering_user_name,
+                ),
                 dry_run=bool(params.get("dry_run")),
             )
         if not target["noop"] and not params.get("dry_run"):

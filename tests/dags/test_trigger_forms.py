@@ -109,3 +109,18 @@ def test_bad_values_are_refused_with_the_field_named(dagbag, dag_id, conf):
 @pytest.mark.parametrize(("dag_id", "conf"), [(d, c) for d, cs in ACCEPTED.items() for c in cs])
 def test_good_values_are_accepted(dagbag, dag_id, conf):
     _resolve(dagbag.dags[dag_id], conf)
+
+
+@pytest.mark.parametrize("target", [None, "3", 3])
+def test_monitoring_triggers_pass_the_forms_they_fill(dagbag, target):
+    """What model_monitoring sends as conf (rollback and retrain) validates against the forms."""
+    from mlpipeline.monitoring.steps import retrain_conf, rollback_conf
+
+    decided = {"reasons": ["quality: ROC AUC 0.37 below 0.69"], "rollback_target": target}
+    for dag_id, conf in (
+        ("model_rollback", rollback_conf(decided, "2013-01-10")),
+        ("dataset_generation", retrain_conf({"reasons": ["drift: temp"]}, "2013-07-15")),
+    ):
+        dag = dagbag.dags[dag_id]
+        # Extra keys (requested_by, reason for a retrain) are conf only: no param checks them.
+        _resolve(dag, {k: v for k, v in conf.items() if k in dag.params})

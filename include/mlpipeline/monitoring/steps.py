@@ -458,9 +458,10 @@ def rollback_conf(decided: dict[str, Any], day: str) -> dict[str, Any]:
     """``conf`` of the ``model_rollback`` run monitoring triggers."""
     reasons = "; ".join(decided["reasons"])
     return {
-        "target_version": decided.get("rollback_target") or "",
+        "target_version": str(decided["rollback_target"]) if decided.get("rollback_target") else None,
         "reason": f"model_monitoring {day}: {reasons}"[:1000],
         "dry_run": False,
+        "requested_by": "model_monitoring",
     }
 
 
