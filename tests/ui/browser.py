@@ -142,6 +142,7 @@ class AirflowUI:
             self.page.keyboard.press("Escape")
             popover.wait_for(state="hidden")
         dialog.get_by_text("Run Backfill", exact=False).first.wait_for()
+        self.page.wait_for_timeout(500)  # let the last popover finish fading out (screenshots)
 
     # ---------------------------------------------------------------- human in the loop
     def respond_to_required_action(

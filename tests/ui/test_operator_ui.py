@@ -241,6 +241,7 @@ def test_rollback_from_the_form_with_an_empty_target(ui, api, demo_stack: DemoSt
     )
 
     before = {r["dag_run_id"] for r in _runs(api, "model_rollback")}
+    ui.open_trigger_form("model_rollback")  # a fresh form: target left empty
     ui.fill_param("reason", "UI test: on-call rolls back the approved model")
     ui.submit(shot="rollback-form")
     run_id = _newest_manual_run(api, "model_rollback", before)
