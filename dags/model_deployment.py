@@ -54,7 +54,7 @@ MODEL = get_pipeline_config().training.model_name
         "challenger_version": Param(
             None,
             type=["null", "string"],
-            pattern=r"^[0-9]+$",
+            pattern=r"^[0-9]*$",
             title="Challenger version",
             description="Registered version to evaluate against the champion, e.g. 4. Empty: the version "
             "the triggering asset event announced, or for a manual run the version behind alias challenger.",

@@ -45,7 +45,7 @@ MODEL = get_pipeline_config().training.model_name
         "target_version": Param(
             None,
             type=["null", "string"],
-            pattern=r"^[0-9]+$",
+            pattern=r"^[0-9]*$",
             title="Target version",
             description="Registered version number to serve, e.g. 3. Empty: the champion before the current "
             "one (from the audit trail). Refused unless it was champion before or passed evaluation.",

@@ -47,10 +47,11 @@ ACCEPTED = {
     "dataset_generation": [{"version_day": "2013-07-15"}, {"version_day": None}],
     "golden_dataset": [{"version": "v2"}, {"version": None}],
     "model_training": [{"dataset_version": "2013-01-04", "n_trials": 3}, {"dataset_version": None}],
-    "model_deployment": [{"challenger_version": "4"}],
+    "model_deployment": [{"challenger_version": "4"}, {"challenger_version": ""}],
     "model_rollback": [
         {"reason": "latency alarm, on-call"},
         {"reason": "bad v5", "target_version": "3", "dry_run": True},
+        {"reason": "REST callers send an empty string for 'previous'", "target_version": ""},
     ],
 }
 

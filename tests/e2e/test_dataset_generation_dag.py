@@ -31,7 +31,9 @@ def test_golden_then_two_versions_and_a_reproducible_rerun(env: Lake):
     assert len(frame) == 1000
     assert meta["rows"] == {"golden": 1000}
 
-    again = golden.test()  # the same version name is refused; the frozen set is untouched
+    # The same version name is refused; the frozen set is untouched. (An empty version is the
+    # next free name: the form's default never collides.)
+    again = golden.test(run_conf={"version": "v1"})
     assert again.state == "failed"
     assert states(again)["check_version"] == "failed"
     assert datasets.load_golden(env, "flights_delay_golden", "v1")[0]["content_hash"] == meta["content_hash"]

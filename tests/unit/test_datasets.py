@@ -85,3 +85,11 @@ def test_unknown_dataset_version_is_named(tmp_path):
         datasets.DatasetError, match="dataset flights_delay version 2013-02-30 is not published"
     ):
         datasets.read_manifest(lake, "flights_delay", "2013-02-30")
+
+
+def test_next_golden_version_is_one_past_the_highest(tmp_path):
+    lake = Lake.from_uri(f"file://{tmp_path}/lake")
+    assert datasets.next_golden_version(lake, "g") == "v1"
+    for name in ("v1", "v3", "spring-2013", "v2b"):
+        lake.write_bytes(f"golden/g/{name}/part.txt", b"x")  # any state: a half-written v3 counts too
+    assert datasets.next_golden_version(lake, "g") == "v4"
