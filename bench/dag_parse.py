@@ -1,8 +1,11 @@
 """Parse every DAG file in a fresh interpreter and print the time each takes.
 
-Each file is parsed in its own new Python process. Airflow itself is imported first (the
-dag-processor has it loaded already); the figure is the time to execute the DAG file and
-build its DAG objects, i.e. what every parse loop pays per file. Last line: a JSON object
+Each file is parsed in its own new Python process, set up as the dag-processor sets up the
+process it parses a file in: Airflow 3's dag-processor ``os.fork()``s each file's parser
+(``airflow.sdk.execution_time.supervisor.WatchedSubprocess.start``) from a process that has
+``airflow.dag_processing.processor`` (models, SQLAlchemy, serialization) loaded, so the probe
+imports that first. The figure is the time to execute the DAG file and build its DAG objects
+(its own imports included), i.e. what every parse loop pays per file. Last line: a JSON object
 with ``max_file_s`` and ``total_s`` (targets: every file < 0.3 s, the folder < 1 s).
 """
 
@@ -19,6 +22,7 @@ REPEATS = 3
 PROBE = r"""
 import json, sys, time
 import airflow.sdk  # loaded by the dag-processor before it parses files
+import airflow.dag_processing.processor  # ditto: each file's parser is a fork of that process
 sys.path.insert(0, sys.argv[2])  # the plugins folder, on sys.path in Airflow
 start = time.perf_counter()
 import runpy

@@ -4,17 +4,24 @@
 Trains a **challenger**: when a dataset version is published, finds good XGBoost
 hyperparameters within a fixed budget, trains the final model and registers it in MLflow.
 
-* **Schedule**: Asset `training_dataset` (one run per published version; the version comes
-  from the triggering asset event, never from "the newest folder"). Manual retrain: *Trigger*
-  and fill the form — `dataset_version` (empty: the newest published version) and `n_trials`
-  (empty: the budget in `pipeline.yaml`); REST/CLI conf `{"dataset_version": "2013-02-01",
-  "n_trials": 30}`. `max_active_runs=1`.
-* **Flow**: `check_dataset` (published, manifest and `_SUCCESS` present, window does not
-  overlap the golden set) → `train_model` (Optuna TPE search, seeded, trials and wall time
+* **Schedule**: Asset `training_dataset`. Airflow may batch several published versions into
+  one run (and list only some of them in its events), so the lake's training ledger
+  (`training/<model>/ds=<version>/ledger.json`) says what is left: the run trains the newest
+  version announced or still *pending*, and records each older pending version as
+  *superseded* by it. No version is skipped silently, and none waits for the next event:
+  `catch_up` triggers one more run when a version was published while this one trained.
+  Manual retrain: *Trigger* and fill the form — `dataset_version` (exactly that version;
+  empty: the newest pending, else the newest published) and `n_trials` (empty: the budget in
+  `pipeline.yaml`); REST/CLI conf `{"dataset_version": "2013-02-01", "n_trials": 30}`.
+  `max_active_runs=1`.
+* **Flow**: `check_dataset` (which version; published, manifest and `_SUCCESS` present,
+  window does not overlap the golden set; skipped when another run already trained
+  everything announced) → `train_model` (Optuna TPE search, seeded, trials and wall time
   from `include/config/pipeline.yaml`; each trial a nested MLflow run with pruning and early
   stopping; final fit, metrics, plots, dataset input, reference sample for drift checks) →
   `register_challenger` (new version of the registered model with every lineage tag, loaded
-  once to prove its artifacts, alias `challenger`).
+  once to prove its artifacts, alias `challenger`; ledger entry *trained*) → `catch_up_needed`
+  → `catch_up` (a run `catch_up__<version>` for versions published meanwhile).
 * **Produces**: Asset `model_candidate` (extra: model, version, MLflow run id, dataset version).
 * **Needs**: connection `mlflow_default` (or `MLP_MLFLOW_TRACKING_URI`), the lake.
 * **Idempotent**: a retry reuses the finished MLflow run of the same Airflow run and never
@@ -26,7 +33,10 @@ hyperparameters within a fixed budget, trains the final model and registers it i
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pendulum
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, dag, get_current_context, task
 from mlpipeline_airflow.links import MLFLOW_RUN_URL_KEY, push_link
 
@@ -66,16 +76,22 @@ from mlpipeline.dag_defaults import DEFAULT_ARGS, fail_without_retry, run_deadli
 def model_training():
     @task
     def check_dataset(triggering_asset_events=None, params=None, dag_run=None) -> dict:
-        """Which dataset version, and may it be trained on."""
+        """Which dataset version (ledger: newest pending), and may it be trained on."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
         from mlpipeline.training import steps as training_steps
 
         with fail_without_retry(training_steps.TrainingInputError):
-            version = training_steps.requested_version(
+            selection = training_steps.select_version(
                 triggering_asset_events, params, manual=dag_run.run_type == "manual"
             )
-            manifest = training_steps.check_dataset(version)
+            if selection.version is None:
+                raise AirflowSkipException(selection.nothing_to_do)
+            manifest = training_steps.check_selected(selection.version, dag_run.run_id)
+        training_steps.record_superseded(selection, dag_run.run_id)
         return {
-            "version": version,
+            "version": selection.version,
+            "superseded": selection.superseded,
             "window": manifest["window"],
             "content_hash": manifest["content_hash"],
             "n_trials": params.get("n_trials"),
@@ -96,16 +112,33 @@ def model_training():
 
     @task(outlets=[MODEL_CANDIDATE])
     def register_challenger(trained: dict, outlet_events=None) -> dict:
-        """Register the version (once per Airflow run) and point alias challenger at it."""
+        """Register the version (once per Airflow run), point alias challenger at it, record it."""
         from mlpipeline.training import steps as training_steps
 
         context = get_current_context()
         registered = training_steps.register_candidate(trained, context)
+        training_steps.record_trained(registered, context["dag_run"].run_id)
         push_link(context["ti"], MLFLOW_RUN_URL_KEY, registered["run_url"])
         outlet_events[MODEL_CANDIDATE].extra = registered
         return registered
 
-    register_challenger(train_model(check_dataset()))
+    @task.short_circuit
+    def catch_up_needed(registered: dict) -> str | None:
+        """The newest version published while this run trained (then ``catch_up`` runs), else skip."""
+        from mlpipeline.training import steps as training_steps
+
+        newer = training_steps.pending_after(registered["dataset_version"])
+        return newer[-1] if newer else None
+
+    newer = catch_up_needed(register_challenger(train_model(check_dataset())))
+    newer >> TriggerDagRunOperator(
+        task_id="catch_up",
+        trigger_dag_id="model_training",
+        trigger_run_id="catch_up__{{ ti.xcom_pull(task_ids='catch_up_needed') }}",
+        conf={},  # no version: the new run trains the newest pending one
+        skip_when_already_exists=True,
+        execution_timeout=dt.timedelta(minutes=5),
+    )
 
 
 model_training()

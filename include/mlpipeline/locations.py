@@ -22,6 +22,7 @@ SERVING_MODELS = "serving/models"
 MONITORING = "monitoring"
 DEPLOYMENTS = "deployments"
 REFERENCES = "references"
+TRAINING = "training"
 
 #: The lake's layout, one line per location: (pattern, what it holds). The README's tree
 #: under "The lake" lists the same patterns (checked by a test).
@@ -39,6 +40,7 @@ TREE: tuple[tuple[str, str], ...] = (
     ("monitoring/<model>/dt=YYYY-MM-DD/record.json", "one monitoring run's record"),
     ("deployments/<model>/history.jsonl", "audit trail of every champion move"),
     ("references/<model>/run=<run_id>/reference.parquet", "training sample that drift is judged against"),
+    ("training/<model>/ds=YYYY-MM-DD/ledger.json", "what became of a dataset version: trained or superseded"),
 )
 
 
@@ -118,6 +120,14 @@ def monitoring_record(model: str, day: dt.date | str) -> str:
 
 def deployment_history(model: str) -> str:
     return f"{DEPLOYMENTS}/{model}/history.jsonl"
+
+
+def training_ledger_root(model: str) -> str:
+    return f"{TRAINING}/{model}"
+
+
+def training_ledger(model: str, version: dt.date | str) -> str:
+    return f"{TRAINING}/{model}/ds={_day(version)}/ledger.json"
 
 
 def render_tree() -> str:

@@ -15,13 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import TaskGroup, task
 
 from mlpipeline.dag_defaults import fail_without_retry
 from mlpipeline.data.datasets import JOB_PY_FILES, JOB_SCRIPT
 from mlpipeline.settings import get_settings
 from mlpipeline_airflow.sensors import LakePartitionsSensor
+from mlpipeline_airflow.spark_job import DatasetJobOperator
 
 
 @dataclass(frozen=True)
@@ -71,10 +71,10 @@ def build_dataset_group(build: DatasetBuild, group_id: str = "build") -> tuple[T
 
         plan = prepare()
 
-        build_dataset = SparkSubmitOperator(
+        build_dataset = DatasetJobOperator(
             task_id="build_dataset",
             application=str(JOB_SCRIPT),
-            py_files=",".join(str(path) for path in JOB_PY_FILES),
+            py_files=[str(path) for path in JOB_PY_FILES],
             application_args=plan["job_args"],
             conn_id=get_settings().spark_conn_id,
             name=build.spark_name,

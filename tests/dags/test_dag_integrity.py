@@ -25,7 +25,7 @@ EXPECTED_TASKS = {
         "quality_gate",
         "publish",
     },
-    "model_training": {"check_dataset", "train_model", "register_challenger"},
+    "model_training": {"check_dataset", "train_model", "register_challenger", "catch_up_needed", "catch_up"},
     "model_deployment": {"evaluate", "decide", "approve", "promote", "reject"},
     "model_rollback": {"validate_target", "roll_back"},
     "traffic_replay": {"replay_traffic", "land_delayed_labels"},

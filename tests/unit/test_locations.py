@@ -42,6 +42,7 @@ def test_every_location_function_is_in_the_tree():
         locations.monitoring_record("m", DAY): "monitoring/<model>/dt=YYYY-MM-DD/record.json",
         locations.deployment_history("m"): "deployments/<model>/history.jsonl",
         locations.reference_sample("m", "abc123"): "references/<model>/run=<run_id>/reference.parquet",
+        locations.training_ledger("m", DAY): "training/<model>/ds=YYYY-MM-DD/ledger.json",
     }
     patterns = {p for p, _ in locations.TREE}
     assert set(made.values()) == patterns

@@ -65,14 +65,14 @@ def trigger_and_wait(api: AirflowApi, dag_id: str, conf: dict, timeout_s: float 
     return api.wait_for_run(dag_id, run["dag_run_id"], timeout_s)
 
 
-#: How long model_training may sit idle without the wanted challenger before the demo retrains.
-IDLE_RETRAIN_S = 60
-
-
 def wait_for_challenger(
     api: AirflowApi, model_name: str, dataset_version: str, timeout_s: float = 1800
 ) -> dict:
-    """Wait until model_training is idle and alias challenger points at a model of ``dataset_version``."""
+    """Wait until model_training is idle and alias challenger points at a model of ``dataset_version``.
+
+    No retraining by hand: whatever Airflow batched, the training ledger's catch-up run trains
+    every version published (or supersedes it by a newer one).
+    """
     import mlflow
 
     from mlpipeline.training import tracking
@@ -80,24 +80,9 @@ def wait_for_challenger(
     tracking.connect()
     client = mlflow.MlflowClient()
     deadline = time.monotonic() + timeout_s
-    idle_since: float | None = None
-    retrained = False
     while time.monotonic() < deadline:
         runs = api.dag_runs("model_training", order_by="-run_after", limit=20)
         busy = [r for r in runs if r["state"] in ("queued", "running")]
-        idle_since = None if busy else (idle_since or time.monotonic())
-        if not retrained and idle_since is not None and time.monotonic() - idle_since > IDLE_RETRAIN_S:
-            # Seen with Airflow 3.3.2 on SQLite: two dataset versions published within ~0.1 s, and
-            # the second asset event was consumed by the run the first one created. Retrain the
-            # newest version by hand, as an operator would (conf dataset_version).
-            print(
-                f"  (model_training idle without a challenger of {dataset_version}: triggering it)",
-                flush=True,
-            )
-            api.trigger("model_training", conf={"dataset_version": dataset_version})
-            retrained = True
-            idle_since = None
-            continue
         if runs and runs[0]["state"] == "failed" and not busy:
             raise AirflowApiError(f"model_training run {runs[0]['dag_run_id']} failed; see its task logs")
         try:
@@ -118,8 +103,26 @@ def wait_for_challenger(
                 "val_roc_auc": run.data.metrics.get("val_roc_auc", float("nan")),
                 "url": tracking.model_version_url(model_name, version.version),
             }
-        time.sleep(5)
+        time.sleep(2)
     raise AirflowApiError(f"no challenger trained on dataset {dataset_version} after {timeout_s:.0f}s")
+
+
+def ledger_lines(lake: Lake, model: str, first: dt.date, last: dt.date) -> list[str]:
+    """What became of each dataset version of the backfill (training ledger)."""
+    from mlpipeline.training import ledger
+
+    lines = []
+    for day in iter_days(first, last):
+        entry = ledger.read(lake, model, day.isoformat()) or {
+            "status": "PENDING (not trained, not superseded)"
+        }
+        detail = (
+            f"model v{entry['model_version']}" if entry["status"] == ledger.TRAINED
+            else f"by {entry['by']}" if entry["status"] == ledger.SUPERSEDED
+            else entry.get("reason", "")
+        )  # fmt: skip
+        lines.append(f"    {day}  {entry['status']:<10} {detail}  ({entry.get('airflow_run_id', '')})")
+    return lines
 
 
 def wait_for_deployments(api: AirflowApi, lake: Lake, model_name: str, timeout_s: float = 1800) -> dict:
@@ -329,7 +332,9 @@ def _run(settings: Settings, cfg: PipelineConfig, started: float) -> int:
     print(f"8/8 drift: {DRIFT_DAY} (July) traffic served by the winter model, then monitoring…", flush=True)
     drift_lines = drift_retrain(api, lake, settings, cfg)
 
-    lines = ["", "Demo finished.", "  dataset versions:"]
+    lines = ["", "Demo finished.", "  training ledger (every version trained or superseded):"]
+    lines += ledger_lines(lake, cfg.training.model_name, first, last)
+    lines.append("  dataset versions:")
     for day in iter_days(first, last):
         manifest = datasets.read_manifest(lake, cfg.dataset.name, day)
         lines.append(

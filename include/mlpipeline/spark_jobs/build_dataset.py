@@ -601,22 +601,44 @@ def tidy_output_dir(directory: str) -> None:
 
 
 def create_spark(args):
+    """A local/cluster session (``spark-submit``), or a Spark Connect session when ``SPARK_REMOTE`` is set.
+
+    Under Connect the server's static settings apply (UI, committer); the job sets only what a
+    session may set.
+    """
     from pyspark.sql import SparkSession
 
-    builder = (
-        SparkSession.builder.appName(f"build_dataset_{args.end_date.isoformat()}_{args.window_days}d")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.shuffle.partitions", str(args.shuffle_partitions))
-        .config("spark.sql.parquet.enableVectorizedReader", "true")
-        .config("spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs", "false")
-    )
+    session_conf = {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": str(args.shuffle_partitions),
+        "spark.sql.parquet.enableVectorizedReader": "true",
+    }
+    remote = os.environ.get("SPARK_REMOTE")
+    if remote:
+        spark = SparkSession.builder.remote(remote).getOrCreate()
+        for key, value in session_conf.items():
+            spark.conf.set(key, value)
+        return spark
+    builder = SparkSession.builder.appName(f"build_dataset_{args.end_date.isoformat()}_{args.window_days}d")
+    static_conf = {
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+    }
+    for key, value in {**session_conf, **static_conf}.items():
+        builder = builder.config(key, value)
     if args.master:
         builder = builder.master(args.master)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def stop_spark(spark) -> None:
+    """End the session; a Connect server outlives it, so its cached frames are dropped first."""
+    if os.environ.get("SPARK_REMOTE"):
+        spark.catalog.clearCache()  # the server's cache is shared: dropping it only costs a recompute
+    spark.stop()
 
 
 # ------------------------------------------------------------------------------------------
@@ -697,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             stats = build(spark, args, inputs)
         finally:
-            spark.stop()
+            stop_spark(spark)
         write_json_atomically(stats_path, stats)
     except Exception:  # any other failure is unexpected: traceback, exit 1
         traceback.print_exc()

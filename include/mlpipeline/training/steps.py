@@ -17,7 +17,7 @@ from mlpipeline import locations
 from mlpipeline.data import datasets
 from mlpipeline.lake import Lake
 from mlpipeline.pipeline_config import PipelineConfig, get_pipeline_config
-from mlpipeline.training import tracking
+from mlpipeline.training import ledger, tracking
 from mlpipeline.training.train import TrainingInputError
 
 log = logging.getLogger(__name__)
@@ -36,38 +36,110 @@ class DatasetRefusedError(TrainingInputError):
 def requested_version(
     triggering_events: dict | None, params: dict | None, lake: Lake | None = None, manual: bool = False
 ) -> str:
-    """The dataset version of this run: param/conf ``dataset_version`` or the triggering asset event.
+    """The dataset version a run asked for by param, event or (manual) the newest published one."""
+    selection = select_version(triggering_events, params, lake, manual=manual)
+    if selection.version is None:
+        raise DatasetRefusedError(selection.nothing_to_do or "no dataset version")
+    return selection.version
 
-    An asset-triggered run never falls back to "the newest folder": without a version in its
-    events it is refused. A manual run (the UI form) with the field left empty trains the newest
-    published version, and says so in the log.
-    """
-    params = params or {}
-    if params.get("dataset_version"):
-        return str(params["dataset_version"]).strip()
+
+def announced_versions(triggering_events: dict | None) -> list[str]:
+    """The dataset versions the run's asset events name (Airflow may batch several in one run)."""
     events = []
     for asset_events in (triggering_events or {}).values():
         events.extend(asset_events)
-    versions = [
-        e.extra.get("version") for e in events if getattr(e, "extra", None) and e.extra.get("version")
-    ]
-    if versions:
-        # Several events queued into one run: train on the newest data they announced.
-        return max(versions)
-    if manual:
-        lake = lake or Lake.from_settings()
-        name = get_pipeline_config().dataset.name
-        published = lake.committed_partitions(locations.datasets_root(name), key="ds")
-        if not published:
-            raise DatasetRefusedError(
-                f"no published version of dataset {name}: run dataset_generation first, or name a version"
-            )
-        log.info("no dataset_version given: training the newest published version %s", published[-1])
-        return published[-1]
-    raise DatasetRefusedError(
-        "no dataset version: trigger with param dataset_version (YYYY-MM-DD) or from a "
-        "training_dataset asset event"
+    return sorted(
+        {e.extra.get("version") for e in events if getattr(e, "extra", None) and e.extra.get("version")}
     )
+
+
+def select_version(
+    triggering_events: dict | None,
+    params: dict | None,
+    lake: Lake | None = None,
+    manual: bool = False,
+    cfg: PipelineConfig | None = None,
+) -> ledger.Selection:
+    """Which version this run trains, and which older published versions it supersedes.
+
+    * param/conf ``dataset_version``: exactly that version (an operator's retrain);
+    * otherwise the newest of the versions the asset events announced and the versions the
+      training ledger still lists as pending (:mod:`mlpipeline.training.ledger`); older pending
+      versions are superseded by it. Nothing left (another run trained them): ``nothing_to_do``;
+    * an asset-triggered run without any announced or pending version is refused; a manual run
+      with the field empty retrains the newest published version.
+    """
+    params = params or {}
+    cfg = cfg or get_pipeline_config()
+    if params.get("dataset_version"):
+        return ledger.Selection(str(params["dataset_version"]).strip())
+    lake = lake or Lake.from_settings()
+    name, model = cfg.dataset.name, cfg.training.model_name
+    announced = announced_versions(triggering_events)
+    waiting = ledger.pending(lake, name, model)
+    selection = ledger.select(announced, waiting, ledger.recorded(lake, model))
+    if selection.version is not None or not manual:
+        if selection.version is None and not announced:
+            raise DatasetRefusedError(
+                "no dataset version: trigger with param dataset_version (YYYY-MM-DD) or from a "
+                "training_dataset asset event"
+            )
+        return selection
+    published = lake.committed_partitions(locations.datasets_root(name), key="ds")
+    if not published:
+        raise DatasetRefusedError(
+            f"no published version of dataset {name}: run dataset_generation first, or name a version"
+        )
+    log.info("no dataset_version given and none pending: retraining the newest published %s", published[-1])
+    return ledger.Selection(published[-1])
+
+
+def check_selected(version: str, run_id: str, lake: Lake | None = None) -> dict[str, Any]:
+    """:func:`check_dataset`; a published version it refuses gets ledger entry *refused*.
+
+    So a refused version (e.g. its window overlaps the golden set) does not stay pending and
+    block every later run; the next run trains the newest version that is left.
+    """
+    lake = lake or Lake.from_settings()
+    cfg = get_pipeline_config()
+    try:
+        return check_dataset(version, lake, cfg)
+    except DatasetRefusedError as err:
+        if lake.is_committed(locations.dataset_dir(cfg.dataset.name, version)):
+            ledger.record(
+                lake, cfg.training.model_name, version, ledger.REFUSED, reason=str(err), airflow_run_id=run_id
+            )
+        raise
+
+
+def record_superseded(selection: ledger.Selection, run_id: str, lake: Lake | None = None) -> None:
+    """Ledger entries for the versions this run's newer version supersedes."""
+    lake = lake or Lake.from_settings()
+    model = get_pipeline_config().training.model_name
+    for version in selection.superseded:
+        ledger.record(lake, model, version, ledger.SUPERSEDED, by=selection.version, airflow_run_id=run_id)
+        log.info("dataset %s superseded by %s (not trained on its own)", version, selection.version)
+
+
+def record_trained(registered: dict[str, Any], run_id: str, lake: Lake | None = None) -> None:
+    """The ledger entry of the version this run trained and registered."""
+    lake = lake or Lake.from_settings()
+    ledger.record(
+        lake,
+        registered["model"],
+        registered["dataset_version"],
+        ledger.TRAINED,
+        model_version=registered["version"],
+        mlflow_run_id=registered["run_id"],
+        airflow_run_id=run_id,
+    )
+
+
+def pending_after(version: str, lake: Lake | None = None) -> list[str]:
+    """Published versions newer than ``version`` still waiting to be trained (a catch-up run's work)."""
+    cfg = get_pipeline_config()
+    waiting = ledger.pending(lake or Lake.from_settings(), cfg.dataset.name, cfg.training.model_name)
+    return [v for v in waiting if v > version]
 
 
 def check_dataset(
