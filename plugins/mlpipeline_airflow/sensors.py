@@ -19,6 +19,11 @@ class LakePartitionsSensor(BaseSensorOperator):
     interval). A :class:`ValueError` from it (a window that can never exist) fails at once;
     on timeout the error lists every partition still missing, and ``on_timeout(context,
     reason)`` (if given) records it (e.g. a quarantine entry).
+
+    ``deferrable=True`` (the default): after a first look, the wait moves to the triggerer
+    (:class:`~mlpipeline_airflow.triggers.LakePartitionsTrigger`, polling every
+    ``trigger_poll_s``): no worker slot is held and the task resumes within seconds of the
+    commit. ``deferrable=False``: classic poking (``mode``, ``poke_interval``).
     """
 
     template_fields: Sequence[str] = ()
@@ -30,10 +35,14 @@ class LakePartitionsSensor(BaseSensorOperator):
         what: str = "partitions",
         committed: bool = True,
         on_timeout: Callable[[Any, str], None] | None = None,
+        deferrable: bool = True,
+        trigger_poll_s: float = 5.0,
         **kwargs: Any,
     ):
         kwargs.setdefault("mode", "reschedule")
         super().__init__(**kwargs)
+        self.deferrable = deferrable
+        self.trigger_poll_s = trigger_poll_s
         self.directories = directories
         self.what = what
         self.committed = committed
@@ -57,14 +66,40 @@ class LakePartitionsSensor(BaseSensorOperator):
         return not self._missing
 
     def execute(self, context: Any) -> Any:
+        if self.deferrable:
+            return self._execute_deferred(context)
         try:
             return super().execute(context)
         except AirflowSensorTimeout:
-            missing = self._missing or self._check(context)
-            reason = (
-                f"timed out after {self.timeout:.0f}s waiting for {len(missing)} {self.what}: "
-                + ", ".join(missing)
-            )
-            if self.on_timeout is not None:
-                self.on_timeout(context, reason)
-            raise AirflowSensorTimeout(reason) from None
+            self._timed_out(context, self._missing or self._check(context))
+
+    def _execute_deferred(self, context: Any) -> None:
+        import time
+
+        from mlpipeline_airflow.triggers import LakePartitionsTrigger
+
+        if self.poke(context):
+            return
+        wanted = self.directories(context)
+        started = context["ti"].start_date.timestamp() if context["ti"].start_date else time.time()
+        self.defer(
+            trigger=LakePartitionsTrigger(
+                wanted, self.committed, self.trigger_poll_s, deadline=started + float(self.timeout)
+            ),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> None:
+        """Back from the triggerer: done, or timed out (then the same error and record as poking)."""
+        event = event or {}
+        if event.get("status") != "done":
+            self._timed_out(context, list(event.get("missing") or self._check(context)))
+        self.log.info("all %s committed", self.what)
+
+    def _timed_out(self, context: Any, missing: list[str]) -> None:
+        reason = f"timed out after {self.timeout:.0f}s waiting for {len(missing)} {self.what}: " + ", ".join(
+            missing
+        )
+        if self.on_timeout is not None:
+            self.on_timeout(context, reason)
+        raise AirflowSensorTimeout(reason) from None

@@ -120,6 +120,30 @@ class AirflowApi:
         params.setdefault("limit", 100)
         return self._call("GET", f"/dags/{dag_id}/dagRuns", params=params)["dag_runs"]
 
+    def run_for_day(self, dag_id: str, day: dt.date) -> dict | None:
+        """The newest run of ``dag_id`` whose logical date is ``day`` (a backfilled or scheduled day)."""
+        for run in self.dag_runs(dag_id, order_by="-logical_date"):
+            if (run.get("logical_date") or "")[:10] == day.isoformat():
+                return run
+        return None
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances"
+        return self._call("GET", path, params={"limit": 100})["task_instances"]
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+        """The task's log as text (one line per structured record's event)."""
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}"
+        body = self._call(
+            "GET", path, params={"full_content": "true"}, headers={"Accept": "application/json"}
+        )
+        content = body.get("content") if isinstance(body, dict) else body
+        if isinstance(content, list):
+            return "\n".join(
+                str(item.get("event", item)) if isinstance(item, dict) else str(item) for item in content
+            )
+        return str(content)
+
     def wait_for_runs(
         self, dag_id: str, logical_dates: list[dt.date], timeout_s: float = 600
     ) -> dict[dt.date, str]:
