@@ -99,6 +99,8 @@ def pytest_configure(config: pytest.Config) -> None:
         }
     )
     env["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+    # Dataset DAG tests: spark-submit to local[2] unless the spark_connect_server fixture runs.
+    env["AIRFLOW_CONN_SPARK_DEFAULT"] = json.dumps({"conn_type": "spark", "host": "local[2]"})
     # Nothing listens here: tests that need MLflow use the mlflow_server fixture.
     closed = free_port()
     env["MLP_MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{closed}"
@@ -110,6 +112,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    connect = _SESSION.get("spark_connect")
+    if connect is not None:
+        from mlpipeline.local import stack
+
+        stack.down(connect)
     for name in ("moto_proc", "mlflow_proc"):
         proc = _SESSION.get(name)
         if isinstance(proc, subprocess.Popen):
@@ -221,6 +228,30 @@ def settings_env(monkeypatch: pytest.MonkeyPatch):
     yield apply
     get_settings.cache_clear()
     get_pipeline_config.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def spark_connect_server(session_dir: Path) -> str:
+    """The embedded stack's Spark Connect service, once per session; ``spark_default`` points at it.
+
+    Every dataset DAG test then submits its job as the stack does (a warm JVM) instead of paying a
+    cold ``spark-submit`` per build; the spark-submit path is tested on a standalone cluster
+    (``test_dataset_scaleout``). Stopped at the end of the session.
+    """
+    from mlpipeline.local import stack
+    from mlpipeline.settings import load_settings
+
+    settings = load_settings(
+        {"MLP_STATE_DIR": str(session_dir / "spark-connect"), "MLP_SPARK_CONNECT_PORT": str(free_port())}
+    )
+    paths = stack.StackPaths(settings.state_dir)
+    paths.ensure()
+    service = stack.spark_connect_service(settings, paths)
+    _SESSION["spark_connect"] = settings
+    stack.start(service, paths, settings)
+    stack.wait_healthy(service, paths, timeout_s=240)
+    os.environ["AIRFLOW_CONN_SPARK_DEFAULT"] = json.dumps(stack.spark_connection(settings))
+    return f"sc://{settings.host}:{settings.spark_connect_port}"
 
 
 @pytest.fixture(scope="session")

@@ -97,6 +97,7 @@ def demo_stack(tmp_path_factory) -> Iterator[DemoStack]:
             "MLP_AIRFLOW_PORT": str(free_port()),
             "MLP_MLFLOW_PORT": str(free_port()),
             "MLP_SERVING_PORT": str(free_port()),
+            "MLP_SPARK_CONNECT_PORT": str(free_port()),
             # A 3-day window and golden range keep the Spark jobs short; 5 versions as in the issue.
             "MLP_PIPELINE_CONFIG": str(config),
             "MLP_DEMO_FIRST_VERSION": "2013-01-03",

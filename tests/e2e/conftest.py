@@ -21,6 +21,12 @@ def landed_lake(tmp_path_factory) -> str:
     return str(root)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _warm_spark(spark_connect_server) -> str:
+    """Dataset builds in these tests go to one warm Spark Connect server (as in the stack)."""
+    return spark_connect_server
+
+
 @pytest.fixture
 def env(landed_lake, tmp_path, settings_env, airflow_db) -> Lake:
     """Settings for one test: its own copy of the landed lake and the 3-day test config."""
