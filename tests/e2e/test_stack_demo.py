@@ -34,6 +34,14 @@ def test_demo_twice(demo_stack: DemoStack):
     ]  # fmt: skip
     versions = lake.committed_partitions("datasets/flights_delay", key="ds")
     assert versions == ["2013-01-03", "2013-01-04", "2013-07-15"]  # a REST backfill + the drift retrain
+    # Versions published back to back (a REST backfill, then the retrain): whatever Airflow
+    # batched, each one was trained or superseded by a newer one; nothing is left pending.
+    for version in versions:
+        entry = lake.read_json(f"training/flight_delay/ds={version}/ledger.json")
+        assert entry["status"] in ("trained", "superseded"), entry
+        if entry["status"] == "superseded":
+            assert entry["by"] > version
+    assert "PENDING" not in first.stdout
     versions = versions[:2]
     assert "champion        : flight_delay v" in first.stdout
     # Normal days: three days of replayed traffic, one monitoring run with a recorded decision.
@@ -60,7 +68,7 @@ def test_demo_twice(demo_stack: DemoStack):
     hashes = {v: datasets.read_manifest(lake, "flights_delay", v)["content_hash"] for v in versions}
     status = run_cli(env, "status")
     assert status.returncode == 0, status.stdout
-    assert status.stdout.count("running") == 6
+    assert status.stdout.count("running") == 7  # Airflow x4, MLflow, model server, Spark Connect
 
     second = run_cli(env, "demo")
     assert second.returncode == 0, f"{second.stdout}\n{second.stderr}"
