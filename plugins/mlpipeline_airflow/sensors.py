@@ -36,7 +36,7 @@ class LakePartitionsSensor(BaseSensorOperator):
         committed: bool = True,
         on_timeout: Callable[[Any, str], None] | None = None,
         deferrable: bool = True,
-        trigger_poll_s: float = 5.0,
+        trigger_poll_s: float = 2.0,
         **kwargs: Any,
     ):
         kwargs.setdefault("mode", "reschedule")
