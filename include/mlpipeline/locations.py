@@ -28,6 +28,7 @@ TRAINING = "training"
 #: under "The lake" lists the same patterns (checked by a test).
 TREE: tuple[tuple[str, str], ...] = (
     ("raw/<table>/dt=YYYY-MM-DD/", "landed raw partition (commit marker _SUCCESS)"),
+    ("raw/_profiles/dt=YYYY-MM-DD/<hash>.json", "profile of a raw day (history checks of the gate)"),
     ("datasets/<name>/ds=YYYY-MM-DD/", "published training dataset (train/, validation/, manifest.json)"),
     ("golden/<name>/<version>/", "frozen golden set (manifest with content hash)"),
     ("quarantine/<name>/ds=YYYY-MM-DD/", "data that failed the quality gate"),
@@ -52,6 +53,11 @@ def _day(day: dt.date | str) -> str:
 def raw_partition(table: str, day: dt.date | str) -> str:
     """Lake directory of ``table``'s partition for ``day``."""
     return f"{RAW}/{table}/dt={_day(day)}"
+
+
+def raw_profile(day: dt.date | str, content_hash: str) -> str:
+    """Profile of the raw day ``day`` whose partitions hash to ``content_hash`` (history checks)."""
+    return f"{RAW}/_profiles/dt={_day(day)}/{content_hash}.json"
 
 
 # datasets ---------------------------------------------------------------------------------

@@ -30,6 +30,27 @@ class DatasetConfig(_Strict):
     sensor_timeout_s: int = Field(ge=1)
 
 
+class HistoryRule(_Strict):
+    k: float = Field(gt=0)  # robust scales from the history's median
+    floor_abs: float = Field(ge=0)  # the scale is at least this…
+    floor_rel: float = Field(ge=0, default=0.0)  # …and at least this share of |median|
+
+
+class HistoryConfig(_Strict):
+    days: int = Field(ge=1, le=90)
+    min_days: int = Field(ge=1)
+    rules: dict[str, HistoryRule]
+
+    @model_validator(mode="after")
+    def _kinds(self) -> HistoryConfig:
+        missing = {"rows", "null", "distinct", "share", "quantile", "label"} - set(self.rules)
+        if missing:
+            raise ValueError(f"quality.history.rules lacks {', '.join(sorted(missing))}")
+        if self.min_days > self.days:
+            raise ValueError("quality.history.min_days is above quality.history.days")
+        return self
+
+
 class QualityConfig(_Strict):
     suite: str
     min_rows_per_day: int = Field(ge=0)
@@ -39,11 +60,19 @@ class QualityConfig(_Strict):
     max_cancelled_share: float = Field(ge=0, le=1)
     min_weather_coverage_per_origin: float = Field(ge=0, le=1)
     origins: tuple[str, ...]
+    raw_min_share: dict[str, float]  # integrity/consistency check → least share of agreeing rows
+    history: HistoryConfig
 
     @model_validator(mode="after")
     def _bounds(self) -> QualityConfig:
+        from mlpipeline.data.raw_checks import BY_NAME
+
         if self.label_rate_min > self.label_rate_max:
             raise ValueError("quality.label_rate_min is above quality.label_rate_max")
+        unknown = set(self.raw_min_share) - set(BY_NAME)
+        missing = set(BY_NAME) - set(self.raw_min_share)
+        if unknown or missing:
+            raise ValueError(f"quality.raw_min_share: unknown {sorted(unknown)}, missing {sorted(missing)}")
         return self
 
     @property

@@ -30,6 +30,7 @@ def test_every_location_function_is_in_the_tree():
     """Each location function's output matches one pattern of the tree."""
     made = {
         locations.raw_partition("flights", DAY): "raw/<table>/dt=YYYY-MM-DD/",
+        locations.raw_profile(DAY, "0123abcd"): "raw/_profiles/dt=YYYY-MM-DD/<hash>.json",
         locations.dataset_dir("flights_delay", DAY): "datasets/<name>/ds=YYYY-MM-DD/",
         locations.golden_dir("g", "v1"): "golden/<name>/<version>/",
         locations.quarantine_dir("flights_delay", DAY): "quarantine/<name>/ds=YYYY-MM-DD/",
