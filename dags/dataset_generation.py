@@ -21,7 +21,10 @@ publish and says exactly why.
 * **Needs**: connection `spark_default`; `MLP_LAKE_URI` (+ `aws_default` for `s3://`).
 * **Triage**: the failing task's log names the reason: missing partitions (sensor), bad raw
   input (prepare), failed expectations with observed values (quality_gate; details in
-  `reports/quality/<name>/<ds>/summary.md` and `quarantine/<name>/ds=<ds>/`). Reruns are safe.
+  `reports/quality/<name>/<ds>/summary.md` and `quarantine/<name>/ds=<ds>/`). The summary groups
+  the failed checks by class (schema, integrity, consistency, history) with observed vs expected
+  and the action: re-land the day from upstream, or accept it on purpose (params `accept_days` +
+  `override_reason`, recorded on the manifest and the model version). Reruns are safe.
 """
 
 from __future__ import annotations
@@ -94,6 +97,21 @@ def _record_missing(context, reason: str) -> None:
             description="Leave empty for a normal run or a backfill: each run builds the version of its own "
             "data interval. A date (YYYY-MM-DD) builds that day's version instead (what monitoring's "
             "retrain trigger does).",
+        ),
+        "accept_days": Param(
+            None,
+            type=["null", "array"],
+            items={"type": "string", "format": "date"},
+            title="Accept days (override)",
+            description="Leave empty normally. Raw days (YYYY-MM-DD) whose failed raw checks (integrity, "
+            "consistency, history) are accepted on purpose: they become warnings. Needs override_reason; "
+            "recorded on the dataset manifest (quality.override) and the model version (tag quality_override).",
+        ),
+        "override_reason": Param(
+            None,
+            type=["null", "string"],
+            title="Override reason",
+            description="Why the accepted days are fine (required with accept_days), e.g. a ticket.",
         ),
     },
 )

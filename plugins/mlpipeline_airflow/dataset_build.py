@@ -83,11 +83,17 @@ def build_dataset_group(build: DatasetBuild, group_id: str = "build") -> tuple[T
         )
 
         @task(task_id="quality_gate", doc_md=build.gate_doc)
-        def quality_gate(plan: dict) -> dict:
+        def quality_gate(plan: dict, params=None, dag_run=None) -> dict:
             from mlpipeline.data import steps as data_steps
 
-            with fail_without_retry(data_steps.QualityGateError):
-                return data_steps.gate(plan_from_xcom(plan))
+            params = params or {}
+            with fail_without_retry(data_steps.QualityGateError, ValueError):
+                return data_steps.gate(
+                    plan_from_xcom(plan),
+                    accept_days=params.get("accept_days"),
+                    override_reason=params.get("override_reason"),
+                    run={"dag_id": dag_run.dag_id, "run_id": dag_run.run_id} if dag_run else None,
+                )
 
         gate = quality_gate(plan)
         wait_for_raw >> plan >> build_dataset >> gate

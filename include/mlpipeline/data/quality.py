@@ -9,9 +9,14 @@ Three batches are validated, each with its own suite:
   above the minimum: catches an empty or truncated partition);
 * ``job``: one row of the Spark job's counters (duplicate and cancelled shares).
 
-The gate fails closed: any failed expectation fails the whole validation. The result is kept
-as JSON and as a readable Markdown summary listing each failed expectation with its observed
-value.
+The raw partitions of the window are checked too (:mod:`mlpipeline.data.raw_checks`:
+integrity and consistency; :mod:`mlpipeline.data.profiles`: each day against its history).
+
+The gate fails closed: any failed check fails the whole validation, unless an operator
+accepted that day on purpose (DAG params ``accept_days`` + ``override_reason``): its failures
+become warnings and the override is recorded. The result is kept as JSON and as a readable
+Markdown summary listing each failed check, grouped by class, with observed vs expected and
+the on-call action.
 """
 
 from __future__ import annotations
@@ -29,9 +34,23 @@ from mlpipeline.pipeline_config import QualityConfig
 if TYPE_CHECKING:
     import pandas as pd
 
+    from mlpipeline.lake import Lake
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation")
+
+
+#: Classes of checks, in report order, with what on-call does when one fails.
+CLASSES: dict[str, str] = {
+    "schema": "Fix or re-land the raw days the failing column comes from, then rerun the run.",
+    "integrity": "Re-land the day (and its dimension snapshot) from upstream; if the new keys are real, "
+    "accept it: rerun with accept_days=[day] and override_reason.",
+    "consistency": "Re-land the day from upstream (a field no longer agrees with the ones it is derived from); "
+    "accept it only with accept_days + override_reason.",
+    "history": "Check the day upstream: re-land it if it is wrong; if the change is real (an event, a new "
+    "schedule), rerun with accept_days=[day] and override_reason.",
+}
 
 
 @dataclass
@@ -41,6 +60,12 @@ class Failure:
     column: str | None
     kwargs: dict[str, Any]
     observed: Any
+    check_class: str = "schema"
+    day: str | None = None
+
+    @property
+    def action(self) -> str:
+        return CLASSES[self.check_class]
 
     def describe(self) -> str:
         where = f" on column '{self.column}'" if self.column else ""
@@ -51,7 +76,11 @@ class Failure:
             where += f" where {condition}"
         hidden = ("column", "batch_id", "row_condition", "condition_parser")
         shown = {k: v for k, v in self.kwargs.items() if k not in hidden}
-        return f"[{self.batch}] {self.expectation}{where} {shown}: observed {self.observed}"
+        if self.check_class == "schema" and not self.day:
+            scope = self.batch
+        else:
+            scope = " ".join(p for p in (self.check_class, self.batch, self.day) if p)
+        return f"[{scope}] {self.expectation}{where} {shown}: observed {self.observed}"
 
 
 @dataclass
@@ -61,19 +90,53 @@ class QualityReport:
     evaluated: int
     failures: list[Failure] = field(default_factory=list)
     results: dict[str, Any] = field(default_factory=dict)
+    warnings: list[Failure] = field(default_factory=list)
+    override: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
-        return {
+        out = {
             "suite": self.suite,
             "success": self.success,
             "evaluated_expectations": self.evaluated,
             "failed_expectations": len(self.failures),
+            "failed_by_class": self.by_class(self.failures, counts=True),
         }
+        if self.override:
+            out["override"] = self.override | {"accepted_failures": len(self.warnings)}
+        return out
+
+    @staticmethod
+    def by_class(failures: list[Failure], counts: bool = False) -> dict[str, Any]:
+        groups: dict[str, list[Failure]] = {c: [] for c in CLASSES}
+        for f in failures:
+            groups[f.check_class].append(f)
+        return {c: len(g) for c, g in groups.items()} if counts else groups
+
+    def add(self, failures: list[Failure], evaluated: int) -> None:
+        """Merge more checks' failures into the report."""
+        self.failures += failures
+        self.evaluated += evaluated
+        self.success = not self.failures
+
+    def accept(self, days: list[str], reason: str, who: dict[str, Any] | None = None) -> None:
+        """Turn the failures of the accepted ``days`` into warnings (an operator's documented override)."""
+        accepted = [f for f in self.failures if f.day and f.day in days]
+        self.failures = [f for f in self.failures if f not in accepted]
+        self.warnings += accepted
+        self.success = not self.failures
+        self.override = {"accept_days": sorted(days), "reason": reason, **(who or {})}
 
     def to_json(self) -> str:
+        def entry(f: Failure) -> dict[str, Any]:
+            return f.__dict__ | {"description": f.describe(), "action": f.action}
+
         payload = {
             **self.summary(),
-            "failures": [f.__dict__ | {"description": f.describe()} for f in self.failures],
+            "failures": [entry(f) for f in self.failures],
+            "failures_by_class": {
+                c: [entry(f) for f in g] for c, g in self.by_class(self.failures).items() if g
+            },
+            "warnings": [entry(f) for f in self.warnings],
             "results": self.results,
         }
         return json.dumps(payload, indent=2, sort_keys=True, default=str)
@@ -84,16 +147,35 @@ class QualityReport:
             "",
             f"- suite: `{self.suite}`",
             f"- result: **{'PASSED' if self.success else 'FAILED'}** "
-            f"({self.evaluated - len(self.failures)}/{self.evaluated} expectations met)",
-            "",
+            f"({self.evaluated - len(self.failures)}/{self.evaluated} checks met)",
+            "- failed by class: "
+            + ", ".join(f"{c} {n}" for c, n in self.by_class(self.failures, counts=True).items()),
         ]
-        if self.failures:
-            lines += ["| batch | expectation | column | expected | observed |", "|---|---|---|---|---|"]
-            for f in self.failures:
-                expected = {k: v for k, v in f.kwargs.items() if k not in ("column", "batch_id")}
-                lines.append(
-                    f"| {f.batch} | {f.expectation} | {f.column or ''} | `{expected}` | `{f.observed}` |"
-                )
+        if self.override:
+            lines.append(
+                f"- **override**: days {', '.join(self.override['accept_days'])} accepted on purpose "
+                f"({len(self.warnings)} failure(s) kept as warnings): {self.override['reason']}"
+            )
+        lines.append("")
+        for title_, failures in (("Failed", self.failures), ("Accepted (override)", self.warnings)):
+            for check_class, group in self.by_class(failures).items():
+                if not group:
+                    continue
+                lines += [
+                    f"## {title_}: {check_class} ({len(group)})",
+                    "",
+                    f"On-call: {CLASSES[check_class]}",
+                    "",
+                    "| day | batch | check | column | expected | observed |",
+                    "|---|---|---|---|---|---|",
+                ]
+                for f in group:
+                    expected = {k: v for k, v in f.kwargs.items() if k not in ("column", "batch_id")}
+                    lines.append(
+                        f"| {f.day or 'window'} | {f.batch} | {f.expectation} | {f.column or ''} "
+                        f"| `{expected}` | `{f.observed}` |"
+                    )
+                lines.append("")
         return "\n".join(lines) + "\n"
 
 
@@ -253,3 +335,35 @@ def validate_staged(
     for failure in failures:
         log.error("quality gate: %s", failure.describe())
     return report
+
+
+def read_raw_window(lake: Lake, start: dt.date, end: dt.date) -> tuple[dict, dict]:
+    """The window's daily raw tables (per day) and the dimension snapshots of its end day."""
+    from mlpipeline import locations
+    from mlpipeline.data.landing import iter_days
+
+    days = {
+        day: {t: lake.read_frame(locations.raw_partition(t, day)) for t in ("flights", "weather")}
+        for day in iter_days(start, end)
+    }
+    dims = {t: lake.read_frame(locations.raw_partition(t, end)) for t in ("planes", "airlines", "airports")}
+    return days, dims
+
+
+def validate_raw(lake: Lake, cfg: QualityConfig, start: dt.date, end: dt.date) -> tuple[list[Failure], int]:
+    """Integrity, consistency and history checks of the window's raw days (failures, evaluated)."""
+    from mlpipeline.data import profiles, raw_checks
+
+    days, dims = read_raw_window(lake, start, end)
+    found, evaluated = raw_checks.check_window(days, dims, cfg.raw_min_share)
+    stored: dict[dt.date, dict[str, float] | None] = {}
+    for i in range(cfg.history.days, 0, -1):  # the history of the window's first day
+        day = start - dt.timedelta(days=i)
+        stored[day] = profiles.load_or_compute(lake, day)
+    for day, frames in days.items():
+        stored[day] = profiles.load_or_compute(lake, day, frames)
+    history, judged = profiles.check_days(stored, sorted(days), cfg.history)
+    failures = [Failure(**f) for f in found + history]
+    for failure in failures:
+        log.error("quality gate: %s", failure.describe())
+    return failures, evaluated + judged

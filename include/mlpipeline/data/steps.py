@@ -24,9 +24,10 @@ from mlpipeline.pipeline_config import PipelineConfig, get_pipeline_config
 from mlpipeline.settings import Settings, get_settings
 from mlpipeline.spark_jobs import build_dataset as job
 
-#: Raw tables the job reads every day of its window, and once (at the window's end).
+#: Raw tables the job reads every day of its window, and once (at the window's end); the gate
+#: also needs the airports snapshot (origin/dest integrity, each airport's time zone).
 DAILY_TABLES = job.DAILY_TABLES
-DIMENSION_TABLES = job.DIMENSION_TABLES
+DIMENSION_TABLES = (*job.DIMENSION_TABLES, "airports")
 
 
 class BadInputError(datasets.DatasetError):
@@ -172,30 +173,62 @@ def prepare(
     )
 
 
-def gate(plan: BuildPlan, lake: Lake | None = None, cfg: PipelineConfig | None = None) -> dict[str, Any]:
-    """Validate the staged output; on failure quarantine it and raise :class:`QualityGateError`."""
-    from mlpipeline.data.quality import validate_staged
+def accepted_days(accept_days: Any, override_reason: Any) -> tuple[list[str], str | None]:
+    """Validate the override params: ISO days, and a reason whenever days are accepted."""
+    days = [accept_days] if isinstance(accept_days, str) else list(accept_days or [])
+    try:
+        days = sorted({dt.date.fromisoformat(str(d).strip()).isoformat() for d in days if str(d).strip()})
+    except ValueError:
+        raise ValueError(f"param accept_days={accept_days!r}: expected a list of days (YYYY-MM-DD)") from None
+    reason = str(override_reason or "").strip() or None
+    if days and not reason:
+        raise ValueError(
+            f"param accept_days={days} needs override_reason: say why these days are accepted "
+            "(it is recorded on the dataset manifest and the model version)"
+        )
+    return days, reason
+
+
+def gate(
+    plan: BuildPlan,
+    lake: Lake | None = None,
+    cfg: PipelineConfig | None = None,
+    accept_days: list[str] | None = None,
+    override_reason: str | None = None,
+    run: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Validate the staged output and the window's raw days; on failure quarantine and raise.
+
+    Failures of ``accept_days`` (with ``override_reason``) become warnings, recorded in the
+    summary's ``override`` (copied to the manifest's ``quality``).
+    """
+    from mlpipeline.data.quality import validate_raw, validate_staged
 
     cfg = cfg or get_pipeline_config()
     lake = lake or Lake.from_settings()
+    days, reason = accepted_days(accept_days, override_reason)
     staging = Path(plan.staging_dir)
     if not (staging / "job_stats.json").exists():
         raise datasets.DatasetError(f"staging {staging} is incomplete (no job_stats.json): rerun the build")
     report = validate_staged(staging, cfg.quality, plan.start, plan.end, plan.subsample_fraction)
+    report.add(*validate_raw(lake, cfg.quality, plan.start, plan.end))
+    if days:
+        report.accept(days, reason, {"run": run} if run else None)
     title = f"Quality gate: {plan.name} {plan.version} (window {plan.start}..{plan.end})"
     markdown = report.to_markdown(title)
     reports = locations.quality_report_dir(plan.name, plan.version)
     lake.write_bytes(f"{reports}/summary.md", markdown.encode())
     lake.write_bytes(f"{reports}/validation.json", report.to_json().encode())
     if not report.success:
+        counts = ", ".join(f"{c} {n}" for c, n in report.by_class(report.failures, counts=True).items() if n)
         failed = "; ".join(f.describe() for f in report.failures)
-        reason = f"{len(report.failures)} expectation(s) failed: {failed}"
+        reason = f"{len(report.failures)} check(s) failed ({counts}): {failed}"
         where = datasets.quarantine(
             lake, plan.name, plan.version, reason, staging, report.to_json(), markdown
         )
         raise QualityGateError(
             f"{plan.name} {plan.version} refused by the quality gate, nothing published "
-            f"(quarantined at {lake.uri(where)}): {reason}"
+            f"(quarantined at {lake.uri(where)}; summary.md lists each check and the action): {reason}"
         )
     return report.summary()
 

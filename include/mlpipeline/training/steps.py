@@ -8,6 +8,7 @@ creating one, so a retry never registers a second version.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import time
 from pathlib import Path
@@ -245,7 +246,18 @@ def _run_tags(
 ) -> dict[str, str]:
     """Lineage tags of the training run: dataset, window, golden set, code, settings, Airflow."""
     golden = datasets.current_golden(lake, cfg.golden.name)
+    override = (manifest.get("quality") or {}).get("override")
     return {
+        **(
+            {
+                tracking.TAG_QUALITY_OVERRIDE: json.dumps(
+                    {k: override.get(k) for k in ("accept_days", "reason", "accepted_failures")},
+                    sort_keys=True,
+                )
+            }
+            if override
+            else {}
+        ),
         tracking.TAG_ROLE: "training",
         tracking.TAG_DATASET: manifest["name"],
         tracking.TAG_DATASET_VERSION: manifest["version"],

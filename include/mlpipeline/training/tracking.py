@@ -22,6 +22,7 @@ TAG_SETTINGS_HASH = "settings_hash"
 TAG_SEED = "seed"
 TAG_ROLE = "mlp_role"  # "training" parent run, "trial", "evaluation", "monitoring"
 TAG_REFERENCE = "reference_sample"
+TAG_QUALITY_OVERRIDE = "quality_override"  # days accepted past the quality gate, and why
 
 
 class MlflowUnavailableError(RuntimeError):
