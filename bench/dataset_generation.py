@@ -22,6 +22,12 @@ with ``SPARK_REMOTE`` set, a fresh client process, the server warm: ``warm_windo
 second 28-day run, ``warm_year_x10_s``/``warm_ratio_x10`` the ×10 year against DuckDB), then the
 job's ``build()`` through a remote session per case.
 
+Then the quality gate's own time (``gate_window_28d_s``, ``gate_year_s``): the GX suite on the
+Spark job's staged output plus the raw checks (integrity, consistency, each day against its
+history) on a copy of the raw lake. The year runs first and computes every day's profile once;
+the 28-day window then finds them stored (as a daily run does; ``gate_window_28d_cold_s``
+computes its 42 profiles). ``--gate-only`` runs just the two Spark builds and the gate.
+
 Run from the repository root: ``.venv/bin/python bench/dataset_generation.py [--with-connect]``.
 The raw lake is ``--lake`` (default ``/tmp/sparkjob_lake``, else ``/tmp/bench_lake``, landed
 there if neither holds the full year). Everything else lives in a temporary directory removed at
@@ -631,6 +637,81 @@ def unmodified_job_under_connect(url: str, raw_root: str, output: str) -> str:
 # ------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------
+def time_gate(raw_root: str, staged: dict[str, str], workdir: str) -> dict[str, float]:
+    """The gate on the staged 28-day window and year: GX suite + raw checks (seconds each)."""
+    sys.path.insert(0, str(ROOT / "include"))
+    started = time.perf_counter()
+    from mlpipeline.data.quality import validate_raw, validate_staged
+    from mlpipeline.lake import Lake
+    from mlpipeline.pipeline_config import get_pipeline_config
+
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    import great_expectations  # noqa: F401  (imported once per task process; timed apart)
+
+    out = {"gate_import_s": time.perf_counter() - started}
+    shutil.copytree(raw_root, os.path.join(workdir, "raw"), ignore=shutil.ignore_patterns("_profiles"))
+    lake = Lake.from_uri(f"file://{workdir}")
+    cfg = get_pipeline_config().quality
+    cases = {c[0]: c for c in CASES}
+    for key, name in (("gate_year_s", "year"), ("gate_window_28d_s", "window_28d")):
+        _, end, days, _ = cases[name]
+        start = end - dt.timedelta(days=days - 1)
+        began = time.perf_counter()
+        report = validate_staged(staged[name], cfg, start, end)
+        out[key.replace("_s", "_suite_s")] = time.perf_counter() - began
+        failures, _ = validate_raw(lake, cfg, start, end)
+        out[key] = time.perf_counter() - began
+        out[key.replace("_s", "_failures")] = len(report.failures) + len(failures)
+    shutil.rmtree(os.path.join(workdir, "raw", "_profiles"))
+    _, end, days, _ = cases["window_28d"]
+    began = time.perf_counter()
+    validate_staged(staged["window_28d"], cfg, end - dt.timedelta(days=days - 1), end)
+    validate_raw(lake, cfg, end - dt.timedelta(days=days - 1), end)
+    out["gate_window_28d_cold_s"] = time.perf_counter() - began
+    return out
+
+
+def print_gate(gate: dict[str, float]) -> None:
+    print("\nQuality gate (GX suite on the staged rows + raw integrity/consistency/history):", flush=True)
+    print(f"  imports (GX, pandas; once per task process)  {gate['gate_import_s']:6.1f} s")
+    print(
+        f"  year (364 days, profiles computed)          {gate['gate_year_s']:6.1f} s  "
+        f"(suite {gate['gate_year_suite_s']:.1f} s, failures {gate['gate_year_failures']})"
+    )
+    print(
+        f"  window_28d (profiles stored)                {gate['gate_window_28d_s']:6.1f} s  "
+        f"(suite {gate['gate_window_28d_suite_s']:.1f} s, failures {gate['gate_window_28d_failures']})"
+    )
+    print(
+        f"  window_28d (42 profiles computed)           {gate['gate_window_28d_cold_s']:6.1f} s", flush=True
+    )
+
+
+def gate_only(lake: str, load_start: str) -> int:
+    """``--gate-only``: the Spark builds of the 28-day window and the year, then the gate."""
+    tmp = tempfile.mkdtemp(prefix="bench_gate_")
+    try:
+        raw = os.path.join(os.path.abspath(lake), "raw")
+        staged = {}
+        for name, end, days, which in CASES:
+            if which == "base":
+                staged[name] = os.path.join(tmp, f"spark_{name}")
+                run_spark_job(raw, end, days, staged[name])
+        gate = time_gate(raw, staged, os.path.join(tmp, "gate_lake"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print_gate(gate)
+    load_end = loadavg()
+    print(f"\nload average at end: {load_end}")
+    targets = {"gate_window_28d_le_10s": gate["gate_window_28d_s"] <= 10}
+    print(
+        json.dumps(
+            rounded(gate | {"targets_met": targets, "loadavg_start": load_start, "loadavg_end": load_end})
+        )
+    )
+    return 0
+
+
 def rounded(obj: Any) -> Any:
     """``obj`` with every float rounded to 3 decimals (for the JSON line)."""
     if isinstance(obj, float):
@@ -655,6 +736,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", action="store_true", help="rerun year and year_x10 with Spark's event log, per action"
     )
+    parser.add_argument(
+        "--gate-only", action="store_true", help="only the quality gate (after two Spark builds)"
+    )
     parser.add_argument("--_single-node", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--_connect", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -673,6 +757,8 @@ def main(argv: list[str] | None = None) -> int:
     lake = find_or_land_lake(args.lake)
     base_raw = os.path.join(os.path.abspath(lake), "raw")
     print(f"base lake: {lake}", flush=True)
+    if args.gate_only:
+        return gate_only(lake, load_start)
 
     tmp = tempfile.mkdtemp(prefix="bench_dataset_")
     server: ConnectServer | None = None
@@ -717,6 +803,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{res['rows_differing']} rows differing)",
                 flush=True,
             )
+
+        gate = time_gate(base_raw, {n: os.path.join(tmp, f"spark_{n}") for n in ("window_28d", "year")}, tmp)
+        extra.update(gate)
+        print_gate(gate)
 
         if args.profile:
             for name, end, days, which in CASES[1:]:
@@ -844,6 +934,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets_met": {
             "window_28d_le_30s": spark["window_28d"]["wall_s"] <= 30,
             "year_x10_le_120s": spark["year_x10"]["wall_s"] <= 120,
+            "gate_window_28d_le_10s": extra["gate_window_28d_s"] <= 10,
         },
         "loadavg_start": load_start,
         "loadavg_end": load_end,
