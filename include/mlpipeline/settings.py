@@ -89,6 +89,12 @@ class Settings(BaseModel):
         "(a warm JVM: no 6-20 s session start per run). Off: spark-submit with local[2] per run.",
     )
     spark_connect_port: Port = Field(default=15002, description="Spark Connect server port (gRPC).")
+    preload_modules: str = Field(
+        default="pandas,pyarrow,numpy,sklearn,scipy,xgboost,optuna,mlflow,mlflow.xgboost,great_expectations,"
+        "evidently,evidently.presets,httpx",
+        description="Libraries the Airflow scheduler imports once so that the tasks it forks inherit them "
+        "(comma-separated; empty = every task imports its own).",
+    )
     serving_admin_token: str = Field(
         default="",
         description="Token for POST /admin/reload; empty = generate one once and keep it in state_dir.",

@@ -125,6 +125,9 @@ def airflow_environment(
         ),
         "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({"conn_type": "aws"}),
         "MLP_STATE_DIR": str(settings.state_dir),
+        # Warm task processes: the scheduler imports these before forking its LocalExecutor
+        # workers (plugins/mlpipeline_airflow/warm_tasks.py).
+        "MLP_PRELOAD_MODULES": settings.preload_modules,
         "MLP_MLFLOW_TRACKING_URI": settings.resolved_mlflow_uri,
         "MLFLOW_TRACKING_URI": settings.resolved_mlflow_uri,
         # Tasks and services are never interactive: no artifact-download progress bars in their logs.

@@ -1,0 +1,43 @@
+"""The scheduler's preload of heavy libraries (plugins/mlpipeline_airflow/warm_tasks.py)."""
+
+from __future__ import annotations
+
+from mlpipeline_airflow import warm_tasks
+
+
+def test_modules_come_from_the_variable_and_empty_means_off():
+    assert warm_tasks.modules_to_preload({"MLP_PRELOAD_MODULES": " pandas, ,mlflow.xgboost "}) == [
+        "pandas",
+        "mlflow.xgboost",
+    ]
+    assert warm_tasks.modules_to_preload({"MLP_PRELOAD_MODULES": ""}) == []
+    assert warm_tasks.modules_to_preload({}) == []
+
+
+def test_only_the_scheduler_preloads():
+    assert warm_tasks.is_scheduler(["/venv/bin/airflow", "scheduler"])
+    for argv in (
+        ["/venv/bin/airflow", "api-server"],
+        ["/venv/bin/airflow", "dag-processor"],
+        ["/venv/bin/airflow", "triggerer"],
+        ["/venv/bin/airflow"],
+        ["pytest", "scheduler"],
+    ):
+        assert not warm_tasks.is_scheduler(argv), argv
+
+
+def test_a_module_that_cannot_import_is_skipped_not_raised():
+    took = warm_tasks.preload(["json", "no_such_module_mlp", "csv"])
+    assert set(took) == {"json", "csv"}
+
+
+def test_the_scheduler_preloads_once(monkeypatch):
+    """The plugin manager runs airflow_local_settings.py a second time (and in every forked task)."""
+    monkeypatch.setattr(warm_tasks.sys, "argv", ["/venv/bin/airflow", "scheduler"])
+    monkeypatch.setenv("MLP_PRELOAD_MODULES", "json,csv")
+    monkeypatch.setattr(warm_tasks, "_preloaded", None)
+    assert set(warm_tasks.warm_scheduler() or {}) == {"json", "csv"}
+    assert warm_tasks.warm_scheduler() is None
+    monkeypatch.setattr(warm_tasks.sys, "argv", ["/venv/bin/airflow", "triggerer"])
+    monkeypatch.setattr(warm_tasks, "_preloaded", None)
+    assert warm_tasks.warm_scheduler() is None
