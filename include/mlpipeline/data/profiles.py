@@ -21,6 +21,7 @@ import statistics
 from typing import TYPE_CHECKING, Any
 
 from mlpipeline import locations
+from mlpipeline.spark_jobs.build_dataset import WEATHER_COLUMNS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,17 +32,7 @@ if TYPE_CHECKING:
 PROFILE_VERSION = 1
 NULL_COLUMNS = {
     "flights": ("dep_time", "dep_delay", "arr_time", "arr_delay", "tailnum", "air_time"),
-    "weather": (
-        "temp",
-        "dewp",
-        "humid",
-        "wind_dir",
-        "wind_speed",
-        "wind_gust",
-        "precip",
-        "pressure",
-        "visib",
-    ),
+    "weather": WEATHER_COLUMNS,  # the weather columns the dataset job joins
 }
 DISTINCT_COLUMNS = {"flights": ("carrier", "tailnum", "dest", "flight"), "weather": ("origin",)}
 SHARE_COLUMNS = {"flights": ("carrier", "origin")}
