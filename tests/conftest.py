@@ -27,7 +27,11 @@ sys.path.insert(0, str(ROOT / "plugins"))  # Airflow puts the plugins folder on 
 
 _SESSION: dict[str, object] = {}
 
-from stack_fixtures import demo_stack  # noqa: E402, F401  (the shared running stack, a session fixture)
+from stack_fixtures import (  # noqa: E402
+    demo_stack,  # noqa: F401  (the shared running stack, a session fixture)
+    start_background_demo,
+    stop_unclaimed_demo,
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -111,7 +115,18 @@ def pytest_configure(config: pytest.Config) -> None:
     (base / "airflow").mkdir(parents=True, exist_ok=True)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Stack tests selected: start the shared stack's demo now, beside the other tests."""
+    if (
+        any(item.get_closest_marker("stack") for item in session.items)
+        and not session.config.option.collectonly
+    ):
+        start_background_demo(session_dir_path() / "stack")
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
+    stop_unclaimed_demo()
     connect = _SESSION.get("spark_connect")
     if connect is not None:
         from mlpipeline.local import stack

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,11 +75,83 @@ def failed_task_logs(state: Path) -> str:
     )
 
 
+class BackgroundDemo:
+    """``python -m mlpipeline demo`` on a fresh state folder, started as soon as the session
+    knows it will run stack tests: the stack comes up and the demo runs while the other tests
+    do (most of both is waiting on schedulers and servers); the stack tests wait for it."""
+
+    def __init__(self, root: Path) -> None:
+        from e2e.dataset_helpers import write_test_config
+
+        self.root = root
+        self.state = root / "state"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLP_"))}
+        self.config = write_test_config(root / "pipeline.yaml")
+        env.update(
+            {
+                "MLP_STATE_DIR": str(self.state),
+                "MLP_AIRFLOW_PORT": str(free_port()),
+                "MLP_MLFLOW_PORT": str(free_port()),
+                "MLP_SERVING_PORT": str(free_port()),
+                "MLP_SPARK_CONNECT_PORT": str(free_port()),
+                # A 3-day window and golden range keep the Spark jobs short; two versions.
+                "MLP_PIPELINE_CONFIG": str(self.config),
+                "MLP_DEMO_FIRST_VERSION": "2013-01-03",
+                "MLP_DEMO_LAST_VERSION": "2013-01-04",
+                "MLP_ADMIN_PASSWORD": ADMIN_PASSWORD,
+            }
+        )
+        self.env = env
+        self.stdout_path, self.stderr_path = root / "demo.stdout", root / "demo.stderr"
+        with self.stdout_path.open("w") as out, self.stderr_path.open("w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mlpipeline", "demo"], env=env, stdout=out, stderr=err, text=True
+            )
+        self.started = time.monotonic()
+        self.claimed = False
+
+    def result(self, timeout_s: float = 1800) -> subprocess.CompletedProcess:
+        """Wait for the demo (``timeout_s`` from its start); its output as ``run_cli`` returns it."""
+        try:
+            self.proc.wait(timeout=max(1.0, timeout_s - (time.monotonic() - self.started)))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return subprocess.CompletedProcess(
+            self.proc.args, self.proc.returncode, self.stdout_path.read_text(), self.stderr_path.read_text()
+        )
+
+    def abandon(self) -> None:
+        """The stack tests never ran (deselected, interrupted): stop the demo and the stack."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        run_cli(self.env, "down", timeout=120)
+
+
+_BACKGROUND: dict[str, BackgroundDemo] = {}
+
+
+def start_background_demo(root: Path) -> None:
+    """Start the shared stack's demo now (once per session; not when attaching to a stack)."""
+    if "demo" not in _BACKGROUND and not os.environ.get("TEST_ATTACH_STACK"):
+        root.mkdir(parents=True, exist_ok=True)
+        _BACKGROUND["demo"] = BackgroundDemo(root)
+
+
+def stop_unclaimed_demo() -> None:
+    demo = _BACKGROUND.get("demo")
+    if demo is not None and not demo.claimed:
+        demo.abandon()
+
+
 @pytest.fixture(scope="session")
 def demo_stack(tmp_path_factory) -> Iterator[DemoStack]:
-    """``python -m mlpipeline demo`` once on a fresh state folder; ``down`` at the end of the session."""
-    from e2e.dataset_helpers import write_test_config
-
+    """The background demo's stack (started at collection, ``tests/conftest.py``); ``down`` at
+    the end of the session, checking that no process survives it."""
     from mlpipeline.local.stack import _group_alive
 
     attach = os.environ.get("TEST_ATTACH_STACK")
@@ -87,29 +160,15 @@ def demo_stack(tmp_path_factory) -> Iterator[DemoStack]:
         # settings in the file named here); no demo, no down.
         yield _attached(Path(attach))
         return
-    tmp_path = tmp_path_factory.mktemp("stack")
-    state = tmp_path / "state"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLP_"))}
-    config = write_test_config(tmp_path / "pipeline.yaml")
-    env.update(
-        {
-            "MLP_STATE_DIR": str(state),
-            "MLP_AIRFLOW_PORT": str(free_port()),
-            "MLP_MLFLOW_PORT": str(free_port()),
-            "MLP_SERVING_PORT": str(free_port()),
-            "MLP_SPARK_CONNECT_PORT": str(free_port()),
-            # A 3-day window and golden range keep the Spark jobs short; 5 versions as in the issue.
-            "MLP_PIPELINE_CONFIG": str(config),
-            "MLP_DEMO_FIRST_VERSION": "2013-01-03",
-            "MLP_DEMO_LAST_VERSION": "2013-01-04",
-            "MLP_ADMIN_PASSWORD": ADMIN_PASSWORD,
-        }
-    )
-    first = run_cli(env, "demo", timeout=1800)
+    start_background_demo(tmp_path_factory.mktemp("stack"))  # no-op when collection started it
+    demo = _BACKGROUND["demo"]
+    demo.claimed = True
+    first = demo.result(timeout_s=2400)
+    env, state = demo.env, demo.state
     if first.returncode != 0:
         first.stdout += "\n" + failed_task_logs(state)
     try:
-        yield DemoStack(env=env, state=state, pipeline_config=config, first_demo=first)
+        yield DemoStack(env=env, state=state, pipeline_config=demo.config, first_demo=first)
     finally:
         pids = [json.loads(p.read_text())["pid"] for p in (state / "run").glob("*.json")]
         down = run_cli(env, "down", timeout=120)
