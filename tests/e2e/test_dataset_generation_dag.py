@@ -46,7 +46,12 @@ def test_golden_then_two_versions_and_a_reproducible_rerun(env: Lake):
     manifest, frames = datasets.load_dataset(env, "flights_delay", "2013-01-04")
     assert manifest["window"] == {"start": "2013-01-02", "end": "2013-01-04", "days": 3}
     assert manifest["rows"]["train"] == len(frames["train"]) > 1000
-    assert 0.1 < manifest["rows"]["validation"] / sum(manifest["rows"].values()) < 0.3
+    # Time-honest validation: the window's last day validates, the days before it train (a 3-day
+    # window holds no recent days out: at most a third of it, rounded down, after one day).
+    assert manifest["splits"]["kind"] == "time"
+    assert manifest["splits"]["validation"] == {"start": "2013-01-04", "end": "2013-01-04", "days": 1}
+    assert set(frames["validation"]["flight_date"].astype(str)) == {"2013-01-04"}
+    assert set(frames) == {"train", "validation"}
     assert manifest["golden"]["version"] == "v1"
     assert manifest["golden"]["overlaps_window"] is False
     assert manifest["quality"]["success"] is True

@@ -48,13 +48,18 @@ def env(tmp_path_factory, mlflow_server, airflow_db):
 
 def register(window_end: str, rounds: int, depth: int, seed: int = 0, shuffle: bool = False) -> str:
     """Train on real rows and register a version as model_training would (tags included)."""
+    frame = real_rows(n=6000, seed=seed + 100)
+    if shuffle:
+        frame = frame.assign(is_delayed=frame["is_delayed"].sample(frac=1.0, random_state=seed).to_numpy())
+    return register_frame(frame, {tracking.TAG_WINDOW_END: window_end}, rounds, depth, seed)
+
+
+def register_frame(frame, tags: dict[str, str], rounds: int, depth: int, seed: int = 0) -> str:
+    """Train on ``frame`` and register the model under MODEL with ``tags``."""
     import xgboost as xgb
 
     from mlpipeline.features import FeatureSpec
 
-    frame = real_rows(n=6000, seed=seed + 100)
-    if shuffle:
-        frame = frame.assign(is_delayed=frame["is_delayed"].sample(frac=1.0, random_state=seed).to_numpy())
     spec = FeatureSpec.fit(frame, FEATURES, CATEGORICAL)
     dtrain = xgb.DMatrix(spec.encode_frame(frame), label=frame["is_delayed"], feature_names=FEATURES,
                          feature_types=spec.feature_types, enable_categorical=True)  # fmt: skip
@@ -70,7 +75,7 @@ def register(window_end: str, rounds: int, depth: int, seed: int = 0, shuffle: b
     spec_file.write_text(spec.to_json())
     with mlflow.start_run():
         info = mlflow.xgboost.log_model(booster, name="model", extra_files=[str(spec_file)])
-    mv = mlflow.register_model(info.model_uri, MODEL, tags={tracking.TAG_WINDOW_END: window_end})
+    mv = mlflow.register_model(info.model_uri, MODEL, tags=tags)
     return str(mv.version)
 
 
@@ -211,3 +216,128 @@ def test_bad_golden_and_unloadable_challenger(env, session_dir):
     finally:
         lake.write_bytes(path, original)
     assert champion() == before
+
+
+# --- The recent set decides, the golden set guards (real July rows against a January champion) ---
+def publish_version(lake: Lake, tmp: Path, version: str, splits: dict, plan: dict) -> None:
+    """Publish a training dataset version the way dataset_generation does (manifest, hashes)."""
+    staging = tmp / f"ds={version}"
+    for split, frame in splits.items():
+        (staging / split).mkdir(parents=True)
+        frame.to_parquet(staging / split / "part-00000.parquet", index=False)
+    frames = datasets.staged_splits(staging)  # read back as training and deployment read them
+    window = (dt.date.fromisoformat(plan["train"]["start"]), dt.date.fromisoformat(version))
+    manifest = datasets.build_manifest(
+        name="flights_delay", kind="training", version=version, window=window, frames=frames,
+        job_stats={"split": plan}, quality={"success": True}, params={}, golden=None,
+    )  # fmt: skip
+    datasets.publish_dataset(lake, staging, manifest)
+
+
+def july_tags(version: str, trained_end: str) -> dict[str, str]:
+    return {
+        tracking.TAG_DATASET: "flights_delay",
+        tracking.TAG_DATASET_VERSION: version,
+        tracking.TAG_WINDOW_END: version,
+        tracking.TAG_TRAINED_END: trained_end,
+    }
+
+
+def test_recent_set_decides_and_the_golden_set_guards(env, tmp_path):
+    """The champion is a January model (golden: January). July challengers are judged on July's
+    held-out newest week: a model that learnt July wins there and keeps the golden set; one that
+    forgot January, or one broken on one airport, is rejected with the rule that caught it; a
+    version without held-out days is judged on the golden set alone, and the report says so."""
+    import pandas as pd
+
+    lake, client = env["lake"], mlflow.MlflowClient()
+    january = real_rows(n=8000, seed=300)
+    if champion() is None:  # run alone; otherwise the champion the tests above left (all January)
+        first = register_frame(january, {tracking.TAG_WINDOW_END: "2013-02-10"}, 150, 6, seed=30)
+        assert deploy(first)[1]["promote"] == "success"
+
+    july_train = real_rows(n=20_000, seed=301, month=7, days=(1, 21), with_date=True)
+    recent = real_rows(n=100_000, seed=302, month=7, days=(22, 28), with_date=True)
+    plan = {
+        "kind": "time",
+        "train": {"start": "2013-07-01", "end": "2013-07-16", "days": 16},
+        "validation": {"start": "2013-07-17", "end": "2013-07-21", "days": 5},
+        "recent": {"start": "2013-07-22", "end": "2013-07-28", "days": 7},
+    }
+    split_at = july_train["flight_date"] <= dt.date(2013, 7, 16)
+    publish_version(lake, tmp_path, "2013-07-28",
+                    {"train": july_train[split_at], "validation": july_train[~split_at], "recent": recent}, plan)  # fmt: skip
+    publish_version(lake, tmp_path, "2013-07-21", {"train": july_train[split_at], "validation": july_train[~split_at]},
+                    {**plan, "recent": None})  # fmt: skip
+    features = [c for c in january.columns if c != "flight_date"]
+
+    # Forgot January: July rows, January rows with shuffled labels -> the golden guard rejects.
+    noisy_january = january.assign(
+        is_delayed=january["is_delayed"].sample(frac=1.0, random_state=1).to_numpy()
+    )
+    forgetful = register_frame(
+        pd.concat([july_train[features], noisy_january[features]], ignore_index=True),
+        july_tags("2013-07-28", "2013-07-21"), 150, 6, seed=31,
+    )  # fmt: skip
+    judged = steps.evaluate_candidate({"model": MODEL, "version": forgetful})
+    assert judged["decision"] == "reject"
+    assert [r.split(":")[0] for r in judged["reasons"]] == ["golden_guard"], judged["reasons"]
+    assert judged["judged_on"]["decided_by"] == "recent set, golden guard"
+
+    # Broken on JFK: labels shuffled there -> the recent set's JFK slice regresses.
+    jfk = july_train["origin"] == "JFK"
+    broken_jfk = july_train.copy()
+    broken_jfk.loc[jfk, "is_delayed"] = (
+        broken_jfk.loc[jfk, "is_delayed"].sample(frac=1.0, random_state=2).to_numpy()
+    )
+    one_airport = register_frame(
+        pd.concat([broken_jfk[features], january[features]], ignore_index=True),
+        july_tags("2013-07-28", "2013-07-21"), 150, 6, seed=32,
+    )  # fmt: skip
+    judged = steps.evaluate_candidate({"model": MODEL, "version": one_airport})
+    assert judged["decision"] == "reject"
+    failed = [r for r in judged["reasons"] if r.startswith("slices: recent set")]
+    assert failed, judged["reasons"]
+    assert "origin=JFK" in failed[0]
+
+    # A version whose dataset held no days out: the golden set alone decides, and says so.
+    both = pd.concat([july_train[features], january[features]], ignore_index=True)
+    no_recent = register_frame(both, july_tags("2013-07-21", "2013-07-21"), 150, 6, seed=33)
+    judged = steps.evaluate_candidate({"model": MODEL, "version": no_recent})
+    assert judged["judged_on"]["decided_by"] == "golden set"
+    assert judged["judged_on"]["recent"].startswith(
+        "none (dataset flights_delay ds=2013-07-21 holds no recent days"
+    )
+    report = lake.read_json(f"reports/evaluation/{MODEL}/v{no_recent}/report.json")
+    recent_rule = next(r for r in report["rules"] if r["rule"] == "recent_set")
+    assert "0 recent labelled rows (< 500): the golden set alone decides" in recent_rule["detail"]
+
+    # Learnt July and kept January: wins on the recent week, within the golden tolerance -> promoted
+    # through the DAG; the version's tags name both sets.
+    learnt = register_frame(both, july_tags("2013-07-28", "2013-07-21"), 150, 6, seed=34)
+    _, states = deploy(learnt)
+    assert states["promote"] == "success", states
+    assert champion() == learnt
+    assert served(env) == learnt
+    tags = client.get_model_version(MODEL, learnt).tags
+    assert tags["decided_by"] == "recent set, golden guard"
+    assert tags["evaluated_golden"].startswith("flights_delay_golden/v1 ")
+    assert tags["evaluated_recent"].startswith("flights_delay/ds=2013-07-28 2013-07-22..2013-07-28 ")
+    report = lake.read_json(f"reports/evaluation/{MODEL}/v{learnt}/report.json")
+    recent_eval = report["evaluation"]["recent"]
+    assert recent_eval["rows"] == len(recent)
+    assert recent_eval["bootstrap"]["ci_low"] > 0
+    page = lake.read_bytes(f"reports/evaluation/{MODEL}/v{learnt}/report.html").decode()
+    assert "2013-07-22..2013-07-28" in page
+    assert "2013-12-01..2013-12-30" in page  # both sets' date ranges, side by side
+
+    # A champion that trained on some of the recent days: those days are excluded and named.
+    overlapping = client.get_model_version(MODEL, one_airport)
+    client.set_model_version_tag(MODEL, one_airport, tracking.TAG_TRAINED_END, "2013-07-24")
+    frame, info = steps.recent_set(
+        lake, client.get_model_version(MODEL, learnt), client.get_model_version(MODEL, one_airport)
+    )
+    assert overlapping.version == one_airport
+    assert info["excluded_days"] == ["2013-07-22", "2013-07-23", "2013-07-24"]
+    assert (info["start"], info["end"], info["days"]) == ("2013-07-25", "2013-07-28", 4)
+    assert set(frame["flight_date"].astype(str)) == {"2013-07-25", "2013-07-26", "2013-07-27", "2013-07-28"}

@@ -235,6 +235,39 @@ def test_rerun_is_byte_identical(clean_run, base_lake, tmp_path):
 
 
 @pytest.mark.spark
+def test_time_split_and_holdout_put_each_day_in_one_split(clean_run, base_lake, tmp_path):
+    """Four days, ``--validation-split time --holdout-days 1``: 01-01..02 train, 01-03 validation,
+    01-04 recent; the same flights as the key-hash run, each in the split of its day."""
+    raw = copy_lake(base_lake, tmp_path / "lake")
+    fourth = END_DAY + dt.timedelta(days=1)
+    landing.land_range(Lake.from_uri(f"file://{raw.parent}"), fourth, fourth)
+    output = tmp_path / "staging"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--raw-root", str(raw), "--end-date", fourth.isoformat(),
+         "--window-days", "4", "--output", str(output), "--master", "local[2]",
+         "--validation-split", "time", "--validation-days", "5", "--holdout-days", "1"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    days = {
+        s: sorted(set(read_split(output, s)["flight_date"].astype(str)))
+        for s in ("train", "validation", "recent")
+    }
+    assert days == {
+        "train": ["2013-01-01", "2013-01-02"],
+        "validation": ["2013-01-03"],
+        "recent": ["2013-01-04"],
+    }
+    stats = json.loads((output / "job_stats.json").read_text())
+    assert stats["split"]["kind"] == "time"
+    assert stats["split"]["recent"] == {"start": "2013-01-04", "end": "2013-01-04", "days": 1}
+    assert set(stats["rows"]) == {"train", "validation", "recent"}
+    first_three = pd.concat([read_split(output, s) for s in ("train", "validation")])["flight_key"]
+    hashed = pd.concat([read_split(clean_run, s) for s in ("train", "validation")])["flight_key"]
+    assert sorted(first_three) == sorted(hashed)  # same flights as the key-hash run, split by day
+
+
+@pytest.mark.spark
 def test_doctored_lake(doctored_run, clean_run):
     output = doctored_run["output"]
     stats = json.loads((output / "job_stats.json").read_text())

@@ -111,3 +111,68 @@ def test_a_model_on_older_data_is_never_promoted(challenger_end, champion_end):
     decision = promotion_decision(_evaluation(), CFG, challenger_end, champion_end, has_champion=True)
     assert decision["decision"] == "reject"
     assert _failed(decision) == ["data_not_older"]
+
+
+# --- Two sets: the recent set decides, the golden set guards -------------------------------------
+def _with_recent(evaluation: Evaluation, rows=2000, ci=(0.01, 0.03), slices=(), note=None) -> Evaluation:
+    low, high = ci
+    info = {"start": "2013-07-22", "end": "2013-07-28", "source": "challenger dataset's recent split"}
+    if note:
+        info["note"] = note
+    evaluation.recent = {
+        "info": info,
+        "rows": rows,
+        "bootstrap": {"metric": "roc_auc", "difference": (low + high) / 2, "ci_low": low, "ci_high": high},
+        "slices": list(slices),
+    }
+    return evaluation
+
+
+def _golden_loss(change: float) -> Evaluation:
+    """Golden-set difference ``change`` (its interval entirely below zero when negative)."""
+    return _evaluation(ci=(change - 0.01, change + 0.01) if change else (-0.005, 0.005))
+
+
+def test_recent_win_promotes_within_the_golden_tolerance():
+    decision = promotion_decision(_with_recent(_golden_loss(-0.015)), CFG, "2013-07-28", "2013-01-28", True)
+    assert decision["decision"] == "promote", decision["reasons"]
+    names = [r["rule"] for r in decision["rules"]]
+    assert names[-5:] == ["recent_set", "uplift", "slices", "golden_guard", "data_not_older"]
+    assert "recent set 2013-07-22..2013-07-28 (2000 rows) decides" in decision["rules"][3]["detail"]
+
+
+def test_golden_regression_beyond_tolerance_rejects_a_recent_winner():
+    decision = promotion_decision(_with_recent(_golden_loss(-0.03)), CFG, "2013-07-28", "2013-01-28", True)
+    assert decision["decision"] == "reject"
+    assert _failed(decision) == ["golden_guard"]
+    assert "change -0.0300 (better is positive) vs tolerance -0.02" in decision["reasons"][0]
+
+
+def test_a_recent_slice_regression_rejects():
+    slices = [{"slice": "origin", "value": "JFK", "rows": 700, "change": -0.06}]
+    decision = promotion_decision(
+        _with_recent(_golden_loss(0.0), slices=slices), CFG, "2013-07-28", "2013-01-28", True
+    )
+    assert _failed(decision) == ["slices"]
+    assert decision["reasons"][0].startswith("slices: recent set 2013-07-22..2013-07-28")
+
+
+def test_no_recent_uplift_rejects_even_when_golden_is_better():
+    decision = promotion_decision(
+        _with_recent(_evaluation(), ci=(-0.01, 0.02)), CFG, "2013-07-28", "2013-01-28", True
+    )
+    assert _failed(decision) == ["uplift"]
+
+
+@pytest.mark.parametrize("rows", [0, 499])
+def test_too_few_recent_rows_leave_the_decision_to_the_golden_set(rows):
+    # A golden loss (the recent set would win): with too few recent rows, golden decides -> reject.
+    evaluation = _with_recent(_golden_loss(-0.015), rows=rows, note="labels late")
+    decision = promotion_decision(evaluation, CFG, "2013-07-28", "2013-01-28", True)
+    assert _failed(decision) == ["uplift"]
+    recent_rule = next(r for r in decision["rules"] if r["rule"] == "recent_set")
+    assert (
+        f"{rows} recent labelled rows (< 500): the golden set alone decides (labels late)"
+        in recent_rule["detail"]
+    )
+    assert "golden set v1 (2000 rows)" in decision["reasons"][0]

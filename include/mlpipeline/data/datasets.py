@@ -31,7 +31,8 @@ from mlpipeline.settings import PROJECT_ROOT
 if TYPE_CHECKING:
     import pandas as pd
 
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation", "recent")
+OPTIONAL_SPLITS = ("recent",)  # written when the window holds days out (dataset.holdout_days)
 KEY = "flight_key"
 LABEL = "is_delayed"
 JOB_SCRIPT = PROJECT_ROOT / "include" / "mlpipeline" / "spark_jobs" / "build_dataset.py"
@@ -106,6 +107,8 @@ def staged_splits(staging_dir: Path) -> dict[str, pd.DataFrame]:
     frames = {}
     for split in SPLITS:
         files = sorted((staging_dir / split).glob("*.parquet"))
+        if not files and split in OPTIONAL_SPLITS:
+            continue
         if not files:
             raise DatasetError(f"staged dataset {staging_dir} has no {split} files")
         parts = [pd.read_parquet(f, dtype_backend="numpy_nullable") for f in files]
@@ -227,6 +230,7 @@ def build_manifest(
         "label": LABEL,
         "key": KEY,
         "split_hashes": split_hashes,
+        "splits": job_stats.get("split"),  # the days of each split (build_dataset.split_plan)
         "content_hash": content_hash(split_hashes),
         "source_partitions": sources,
         "cleaning": {
@@ -253,13 +257,31 @@ def build_manifest(
     return manifest
 
 
+def trained_end(manifest: dict[str, Any]) -> str:
+    """The last day a model trained on this version saw (train or validation): the window's end
+    unless the version held its newest days out as ``recent``."""
+    splits = manifest.get("splits") or {}
+    return (splits.get("validation") or {}).get("end") or manifest["window"]["end"]
+
+
+def validation_split_label(manifest: dict[str, Any]) -> str:
+    """``time 2013-01-17..2013-01-21`` or ``key_hash 0.2`` (versions before splits were recorded:
+    ``key_hash``)."""
+    splits = manifest.get("splits") or {}
+    if splits.get("kind") == "time":
+        return f"time {splits['validation']['start']}..{splits['validation']['end']}"
+    fraction = splits.get("validation_fraction", (manifest.get("params") or {}).get("validation_fraction"))
+    return f"key_hash {fraction}" if fraction is not None else "key_hash"
+
+
 def publish_dataset(lake: Lake, staging_dir: Path, manifest: dict[str, Any]) -> Commit:
     """Publish a validated staged dataset as ``datasets/<name>/ds=<version>`` (replaces a rerun)."""
     directory = dataset_dir(manifest["name"], manifest["version"])
     with tempfile.TemporaryDirectory(prefix="publish-") as tmp:
         bundle = Path(tmp)
         for split in SPLITS:
-            shutil.copytree(staging_dir / split, bundle / split)
+            if (staging_dir / split).is_dir() or split not in OPTIONAL_SPLITS:
+                shutil.copytree(staging_dir / split, bundle / split)
         (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
         return lake.publish_local_dir(directory, str(bundle), meta=manifest)
 
@@ -334,6 +356,8 @@ def load_dataset(lake: Lake, name: str, day: dt.date | str, verify: bool = True)
     frames = {}
     for split in SPLITS:
         paths = [p for p in commit.file_paths() if f"/{split}/" in p and p.endswith(".parquet")]
+        if not paths and split in OPTIONAL_SPLITS:
+            continue
         if not paths:
             raise DatasetError(f"dataset {name} version {day} has no {split} files")
         parts = [

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlpipeline.data.datasets import SPLITS
 from mlpipeline.pipeline_config import QualityConfig
 
 if TYPE_CHECKING:
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
     from mlpipeline.lake import Lake
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "validation")
 
 
 #: Classes of checks, in report order, with what on-call does when one fails.
@@ -180,7 +179,7 @@ class QualityReport:
 
 
 def read_staged(staging_dir: str | Path) -> pd.DataFrame:
-    """Train and validation rows of a staged dataset, with a ``split`` column."""
+    """Every row of a staged dataset (train, validation, recent), with a ``split`` column."""
     import pandas as pd
 
     frames = []

@@ -56,6 +56,9 @@ class BuildPlan:
     seed: int
     validation_fraction: float
     subsample_fraction: float
+    validation_split: str = "key_hash"
+    validation_days: int = 5
+    holdout_days: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "start": self.start.isoformat(), "end": self.end.isoformat()}
@@ -78,6 +81,9 @@ class BuildPlan:
             "--window-days", str(self.days),
             "--output", self.staging_dir,
             "--validation-fraction", str(self.validation_fraction),
+            "--validation-split", self.validation_split,
+            "--validation-days", str(self.validation_days),
+            "--holdout-days", str(self.holdout_days),
             "--subsample-fraction", str(self.subsample_fraction),
             "--seed", str(self.seed),
         ]  # fmt: skip
@@ -170,6 +176,9 @@ def prepare(
         seed=dataset.seed,
         validation_fraction=dataset.validation_fraction,
         subsample_fraction=dataset.subsample_fraction if kind == "training" else 1.0,
+        validation_split=dataset.validation_split,
+        validation_days=dataset.validation_days,
+        holdout_days=dataset.holdout_days if kind == "training" else 0,
     )
 
 
@@ -256,7 +265,10 @@ def publish_training(
         quality=quality,
         params={
             "seed": plan.seed,
+            "validation_split": plan.validation_split,
+            "validation_days": plan.validation_days,
             "validation_fraction": plan.validation_fraction,
+            "holdout_days": plan.holdout_days,
             "subsample_fraction": plan.subsample_fraction,
             "window_days": plan.days,
         },

@@ -190,12 +190,19 @@ def move_champion(
     return {"model": model, "from_version": from_version, "to_version": to_version, "server": health}
 
 
-def tag_decision(model: str, version: str, decision: str, reasons: list[str]) -> None:
+def tag_decision(
+    model: str, version: str, decision: str, reasons: list[str], judged_on: dict[str, str] | None = None
+) -> None:
+    """The decision on the version's tags: outcome, reasons and (from an evaluation) which golden
+    set and which recent set judged it (``evaluated_golden``, ``evaluated_recent``, ``decided_by``)."""
     import mlflow
 
     client = mlflow.MlflowClient()
     client.set_model_version_tag(model, version, TAG_DECISION, decision)
     client.set_model_version_tag(model, version, TAG_REASONS, "; ".join(reasons)[:4900] or "all rules passed")
+    for key, value in (judged_on or {}).items():
+        tag = key if key == "decided_by" else f"evaluated_{key}"
+        client.set_model_version_tag(model, version, tag, str(value)[:4900])
 
 
 def _now() -> str:

@@ -93,10 +93,10 @@ def requested_candidate(
 def evaluate_candidate(
     candidate: dict[str, Any], cfg: PipelineConfig | None = None, lake: Lake | None = None
 ) -> dict[str, Any]:
-    """Challenger vs champion on the golden set; decision with every rule; report written."""
+    """Challenger vs champion on the golden and the recent set; decision with every rule; report written."""
     import mlflow
 
-    from mlpipeline.evaluation.compare import evaluate, promotion_decision
+    from mlpipeline.evaluation.compare import RecentSet, evaluate, evaluate_recent, promotion_decision
 
     cfg = cfg or get_pipeline_config()
     lake = lake or Lake.from_settings()
@@ -106,11 +106,11 @@ def evaluate_candidate(
     challenger_mv = client.get_model_version(model, version)
     champion = registry.current_champion(client, model)
     golden_info, golden_manifest, golden = _load_golden(lake, cfg)
-    challenger_scores, engineering, champion_scores = _score_on_golden(
-        client, model, version, champion, golden, cfg
-    )
     compared = champion is not None and champion != version
     champion_mv = client.get_model_version(model, champion) if compared else None
+    recent_frame, recent_info = recent_set(lake, challenger_mv, champion_mv)
+    scores = _score(client, model, version, champion, golden, recent_frame, cfg)
+    (challenger_scores, champion_scores), engineering = scores["golden"], scores["engineering"]
 
     evaluation = evaluate(
         golden,
@@ -123,7 +123,12 @@ def evaluate_candidate(
             "version": golden_info.version,
             "rows": len(golden),
             "content_hash": golden_manifest["content_hash"],
+            "start": golden_manifest["window"]["start"],
+            "end": golden_manifest["window"]["end"],
         },
+    )
+    evaluation.recent = evaluate_recent(
+        RecentSet(recent_frame, *scores["recent"], recent_info), cfg.deployment
     )
     decision = promotion_decision(
         evaluation,
@@ -145,6 +150,7 @@ def evaluate_candidate(
         "challenger_data_window_end": challenger_mv.tags.get(tracking.TAG_WINDOW_END),
         "champion_data_window_end": champion_mv.tags.get(tracking.TAG_WINDOW_END) if champion_mv else None,
         **decision,
+        "judged_on": judged_on(evaluation, cfg),
         "evaluation": evaluation.as_dict(),
     }
     urls = write_report(report, challenger_mv.run_id, lake)
@@ -160,6 +166,7 @@ def evaluate_candidate(
         if evaluation.champion
         else None,
         "bootstrap": evaluation.bootstrap,
+        "judged_on": report["judged_on"],
         "engineering": {k: engineering[k] for k in ("single_row_p99_ms", "model_bytes")},
         **urls,
     }
@@ -181,8 +188,81 @@ def _load_golden(lake: Lake, cfg: PipelineConfig):
     return golden_info, golden_manifest, golden
 
 
-def _score_on_golden(client, model: str, version: str, champion: str | None, golden, cfg: PipelineConfig):
-    """Challenger scores and engineering figures (serving code path); champion scores or None."""
+def judged_on(evaluation, cfg: PipelineConfig) -> dict[str, Any]:
+    """Which golden and which recent set judged the version (recorded on the version's tags)."""
+    from mlpipeline.evaluation.compare import recent_decides
+
+    recent = evaluation.recent or {}
+    info = recent.get("info") or {}
+    return {
+        "golden": f"{evaluation.golden['name']}/{evaluation.golden['version']} "
+        f"{evaluation.golden['content_hash'][:12]} ({evaluation.golden['rows']} rows)",
+        "recent": (
+            f"{info.get('dataset')}/ds={info.get('version')} {info.get('start')}..{info.get('end')} "
+            f"{str(info.get('content_hash', ''))[:12]} ({recent.get('rows', 0)} rows)"
+            if recent.get("rows")
+            else f"none ({info.get('note', 'no recent rows')})"
+        ),
+        "decided_by": "recent set, golden guard"
+        if recent_decides(evaluation, cfg.deployment)
+        else "golden set",
+    }
+
+
+def recent_set(lake: Lake, challenger_mv, champion_mv) -> tuple[Any, dict[str, Any]]:
+    """The recent labelled rows neither model trained on, and where they come from.
+
+    Source: the ``recent`` split of the challenger's own dataset version (its newest
+    ``dataset.holdout_days`` days, built by the same job and gate, never trained on). Days the
+    champion trained on (its ``data_trained_end`` tag) are excluded and named. ``(None, info)``
+    when the version holds no recent days.
+    """
+    import pandas as pd
+
+    tags = challenger_mv.tags
+    name, version = tags.get(tracking.TAG_DATASET), tags.get(tracking.TAG_DATASET_VERSION)
+    info: dict[str, Any] = {
+        "source": "challenger dataset's recent split",
+        "dataset": name,
+        "version": version,
+    }
+    if not name or not version:
+        return None, {**info, "note": "the challenger records no dataset version"}
+    try:
+        manifest, frames = datasets.load_dataset(lake, name, version, verify=True)
+    except datasets.DatasetError as err:
+        raise DeploymentInputError(f"the challenger's dataset cannot judge it: {err}") from None
+    frame = frames.get("recent")
+    if frame is None or len(frame) == 0:
+        return None, {
+            **info,
+            "note": f"dataset {name} ds={version} holds no recent days (dataset.holdout_days)",
+        }
+    info["content_hash"] = manifest["split_hashes"]["recent"]
+    days = pd.to_datetime(frame["flight_date"]).dt.date.astype(str)
+    trained = [tags.get(tracking.TAG_TRAINED_END) or tags.get(tracking.TAG_WINDOW_END) or ""]
+    if champion_mv is not None:
+        trained.append(
+            champion_mv.tags.get(tracking.TAG_TRAINED_END)
+            or champion_mv.tags.get(tracking.TAG_WINDOW_END)
+            or ""
+        )
+    seen = days <= max(trained)
+    excluded = sorted(set(days[seen]))
+    if excluded:
+        info["excluded_days"] = excluded
+        info["excluded_reason"] = f"a model trained on days up to {max(trained)}"
+    frame = frame.loc[~seen.to_numpy()].reset_index(drop=True)
+    if len(frame) == 0:
+        return None, {**info, "note": "every recent day was trained on by one of the models"}
+    kept = sorted(set(days[~seen]))
+    info.update({"start": kept[0], "end": kept[-1], "days": len(kept)})
+    return frame, info
+
+
+def _score(client, model: str, version: str, champion: str | None, golden, recent, cfg: PipelineConfig):
+    """Both models' scores on the golden set and the recent set (champion: None when there is none),
+    and the challenger's engineering figures (serving code path)."""
     from mlpipeline.serving.engineering import measure
     from mlpipeline.serving.model import ModelLoadError, download_model_version, load_model_dir
 
@@ -206,7 +286,17 @@ def _score_on_golden(client, model: str, version: str, champion: str | None, gol
                 download_model_version(model, champion, Path(tmp) / "champion"), model, champion
             )
             champion_scores = champion_model.score_frame(golden)
-    return challenger_scores, engineering, champion_scores
+        recent_scores = (None, None)
+        if recent is not None:
+            recent_scores = (
+                challenger.score_frame(recent),
+                champion_model.score_frame(recent) if champion_scores is not None else None,
+            )
+    return {
+        "golden": (challenger_scores, champion_scores),
+        "recent": recent_scores,
+        "engineering": engineering,
+    }
 
 
 def _calibration_png(calibration: dict[str, list[dict]]) -> str:
@@ -216,34 +306,56 @@ def _calibration_png(calibration: dict[str, list[dict]]) -> str:
 
 
 def render_html(report: dict[str, Any]) -> str:
+    """The evaluation report: decision and rules, then the golden and the recent set side by side
+    (sizes, date ranges, hashes, overall metrics, bootstrap, slices), calibration, engineering."""
     ev = report["evaluation"]
     esc = html.escape
+    recent = ev.get("recent") or {"info": {"note": "not evaluated"}, "rows": 0}
+    info = recent.get("info") or {}
     metrics = ["roc_auc", "pr_auc", "log_loss", "brier", "ece", "base_rate", "mean_score", "rows"]
-    champ = ev.get("champion") or {}
+
+    def fmt(entry: dict | None, key: str, spec: str = ".4f") -> str:
+        return format(entry[key], spec) if entry and key in entry else ""
+
     rows = "".join(
-        f"<tr><td>{m}</td><td>{ev['challenger'][m]:.4f}</td><td>{format(champ[m], '.4f') if m in champ else ''}</td></tr>"
+        f"<tr><td>{m}</td><td>{fmt(ev['challenger'], m)}</td><td>{fmt(ev.get('champion'), m)}</td>"
+        f"<td>{fmt(recent.get('challenger'), m)}</td><td>{fmt(recent.get('champion'), m)}</td></tr>"
         for m in metrics
     )
-    boot = ev.get("bootstrap")
-    boot_html = (
-        f"<p>{esc(boot['metric'])}: challenger − champion = {boot['difference']:+.4f}, 95% CI "
-        f"[{boot['ci_low']:+.4f}, {boot['ci_high']:+.4f}] ({boot['resamples']} paired resamples, seed {boot['seed']})</p>"
-        if boot
-        else "<p>No champion: bootstrap promotion.</p>"
+
+    def boot_text(boot: dict | None) -> str:
+        if not boot:
+            return "—"
+        return (
+            f"{esc(boot['metric'])}: challenger − champion = {boot['difference']:+.4f}, 95% CI "
+            f"[{boot['ci_low']:+.4f}, {boot['ci_high']:+.4f}] ({boot['resamples']} paired resamples, seed {boot['seed']})"
+        )
+
+    golden = ev["golden"]
+    golden_range = f"{golden.get('start', '?')}..{golden.get('end', '?')}"
+    recent_range = f"{info['start']}..{info['end']}" if info.get("start") else "—"
+    excluded = ", ".join(info.get("excluded_days") or []) or "none"
+    sets = (
+        "<table><tr><th></th><th>golden set</th><th>recent set</th></tr>"
+        f"<tr><td>source</td><td>{esc(golden['name'])} {esc(golden['version'])}</td>"
+        f"<td>{esc(str(info.get('source', '')))} {esc(str(info.get('dataset', '')))} ds={esc(str(info.get('version', '')))}</td></tr>"
+        f"<tr><td>days</td><td>{esc(golden_range)}</td><td>{esc(recent_range)}</td></tr>"
+        f"<tr><td>rows</td><td>{golden['rows']}</td><td>{recent.get('rows', 0)}</td></tr>"
+        f"<tr><td>content hash</td><td>{esc(golden['content_hash'][:16])}</td><td>{esc(str(info.get('content_hash', ''))[:16])}</td></tr>"
+        f"<tr><td>bootstrap</td><td>{boot_text(ev.get('bootstrap'))}</td><td>{boot_text(recent.get('bootstrap'))}</td></tr>"
+        f"<tr><td>days excluded (trained on)</td><td></td><td>{esc(excluded)}</td></tr>"
+        f"<tr><td>note</td><td></td><td>{esc(str(info.get('note', '')))}</td></tr></table>"
     )
     rules = "".join(
         f"<tr class='{'ok' if r['passed'] else 'bad'}'><td>{esc(r['rule'])}</td><td>{'pass' if r['passed'] else 'FAIL'}</td>"
         f"<td>{esc(r['detail'])}</td></tr>"
         for r in report["rules"]
     )
-
-    def cell(entry: dict, key: str, fmt: str) -> str:
-        return format(entry[key], fmt) if key in entry else ""
-
     slices = "".join(
-        f"<tr><td>{esc(s['slice'])}</td><td>{esc(s['value'])}</td><td>{s['rows']}</td><td>{s['challenger']:.4f}</td>"
-        f"<td>{cell(s, 'champion', '.4f')}</td><td>{cell(s, 'change', '+.4f')}</td></tr>"
-        for s in ev["slices"]
+        f"<tr><td>{where}</td><td>{esc(s['slice'])}</td><td>{esc(s['value'])}</td><td>{s['rows']}</td>"
+        f"<td>{s['challenger']:.4f}</td><td>{fmt(s, 'champion')}</td><td>{fmt(s, 'change', '+.4f')}</td></tr>"
+        for where, table in (("golden", ev["slices"]), ("recent", recent.get("slices") or []))
+        for s in table
     )
     eng = ev["engineering"]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Evaluation {esc(report["model"])} v{esc(report["challenger_version"])}</title>
@@ -252,11 +364,12 @@ def render_html(report: dict[str, Any]) -> str:
 <h1>{esc(report["model"])}: challenger v{esc(report["challenger_version"])} vs champion {esc(str(report["champion_version"] or "—"))}</h1>
 <h2>Decision: {esc(report["decision"].upper())}</h2>
 <table><tr><th>rule</th><th>outcome</th><th>detail</th></tr>{rules}</table>
-<h2>Overall on golden set {esc(ev["golden"]["version"])} ({ev["golden"]["rows"]} rows)</h2>
-<table><tr><th>metric</th><th>challenger</th><th>champion</th></tr>{rows}</table>{boot_html}
+<h2>The two sets</h2>{sets}
+<h2>Overall</h2>
+<table><tr><th>metric</th><th>golden: challenger</th><th>golden: champion</th><th>recent: challenger</th><th>recent: champion</th></tr>{rows}</table>
 <h2>Slices ({esc(ev["primary_metric"])})</h2>
-<table><tr><th>slice</th><th>value</th><th>rows</th><th>challenger</th><th>champion</th><th>change</th></tr>{slices}</table>
-<h2>Calibration</h2><img alt="calibration" src="data:image/png;base64,{_calibration_png(ev["calibration"])}">
+<table><tr><th>set</th><th>slice</th><th>value</th><th>rows</th><th>challenger</th><th>champion</th><th>change</th></tr>{slices}</table>
+<h2>Calibration (golden set)</h2><img alt="calibration" src="data:image/png;base64,{_calibration_png(ev["calibration"])}">
 <h2>Engineering (serving code path)</h2>
 <p>load {eng["load_seconds"]:.3f} s; batch of {eng["batch_rows"]} rows {eng["batch_seconds"] * 1000:.1f} ms;
 single-row p50 {eng["single_row_p50_ms"]:.3f} ms, p99 {eng["single_row_p99_ms"]:.3f} ms; model {eng["model_bytes"]:,} bytes</p>
@@ -288,7 +401,9 @@ def reject(evaluated: dict[str, Any], actor: str, lake: Lake | None = None) -> d
     """Record a rejection on the version (tags) and in the audit trail; the champion is untouched."""
     lake = lake or Lake.from_settings()
     tracking.connect()
-    registry.tag_decision(evaluated["model"], evaluated["version"], "reject", evaluated["reasons"])
+    registry.tag_decision(
+        evaluated["model"], evaluated["version"], "reject", evaluated["reasons"], evaluated.get("judged_on")
+    )
     registry.append_history(
         lake,
         evaluated["model"],
@@ -326,7 +441,9 @@ def promote(evaluated: dict[str, Any], actor: str, reload: bool = True) -> dict[
         metrics={"challenger": evaluated["challenger_metric"], "champion": evaluated["champion_metric"]},
         reload=reload,
     )
-    registry.tag_decision(evaluated["model"], evaluated["version"], "promote", evaluated["reasons"])
+    registry.tag_decision(
+        evaluated["model"], evaluated["version"], "promote", evaluated["reasons"], evaluated.get("judged_on")
+    )
     return moved
 
 

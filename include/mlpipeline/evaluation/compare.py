@@ -1,10 +1,18 @@
-"""Challenger vs champion on the frozen golden set, and the decision policy.
+"""Challenger vs champion on two sets, and the decision policy.
+
+The sets: the frozen **golden set** (a regression guard) and the **recent set** (the newest
+labelled days that neither model trained on: the challenger's dataset version holds them out,
+``dataset.holdout_days``). On each:
 
 * overall metrics of both, with a **paired bootstrap** of the primary metric's difference
   (the same resampled rows for both models; seeded; 95% percentile interval);
 * the same metric per slice (``deployment.slices``, slices with at least ``slice_min_rows``);
-* calibration tables; engineering figures through the serving code path;
-* :func:`promotion_decision`: every rule with its outcome; promote only when all pass (or no champion).
+
+plus calibration tables (golden) and engineering figures through the serving code path.
+:func:`promotion_decision` reports every rule with its outcome; promote only when all pass (or
+no champion). With at least ``deployment.recent_min_rows`` recent rows the recent set decides
+(uplift and slices) and the golden set guards (``golden_tolerance``); with fewer, the golden set
+alone decides, and the rules say so.
 """
 
 from __future__ import annotations
@@ -154,6 +162,7 @@ class Evaluation:
     engineering: dict[str, Any]
     golden: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
+    recent: dict[str, Any] | None = None  # :func:`evaluate_recent`: the recent set, or why there is none
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -197,6 +206,76 @@ def evaluate(
     )
 
 
+@dataclass
+class RecentSet:
+    """The recent labelled rows both models are judged on (``info``: source, days, hashes, exclusions)."""
+
+    frame: pd.DataFrame | None
+    challenger_scores: np.ndarray | None
+    champion_scores: np.ndarray | None
+    info: dict[str, Any]
+
+
+def evaluate_recent(recent: RecentSet, cfg: DeploymentConfig) -> dict[str, Any]:
+    """Overall metrics, paired bootstrap and slices on the recent set (``info`` only when empty)."""
+    import numpy as np
+
+    from mlpipeline.training.metrics import classification_metrics
+
+    out: dict[str, Any] = {"info": recent.info, "rows": 0}
+    frame = recent.frame
+    if frame is None or len(frame) == 0:
+        return out
+    y = frame[LABEL].to_numpy(dtype=np.int8)
+    out["rows"] = len(frame)
+    if len(np.unique(y)) < 2:
+        out["info"] = {**recent.info, "note": "one label class only: not judged"}
+        return out
+    out["challenger"] = classification_metrics(y, recent.challenger_scores)
+    if recent.champion_scores is not None:
+        out["champion"] = classification_metrics(y, recent.champion_scores)
+        out["bootstrap"] = paired_bootstrap(
+            cfg.primary_metric,
+            y,
+            recent.challenger_scores,
+            recent.champion_scores,
+            cfg.bootstrap_resamples,
+            cfg.bootstrap_seed,
+        )
+    out["slices"] = slice_table(
+        frame, cfg.primary_metric, recent.challenger_scores, recent.champion_scores, cfg
+    )
+    return out
+
+
+def _uplift_rule(boot: dict[str, Any], cfg: DeploymentConfig, where: str) -> tuple[bool, str]:
+    low, high = boot.get("ci_low", float("nan")), boot.get("ci_high", float("nan"))
+    if cfg.higher_is_better:
+        passed, bound = low > cfg.min_uplift, low
+    else:  # lower is better: the whole interval must be below -margin
+        passed, bound = high < -cfg.min_uplift, -high
+    return passed, (
+        f"{where}: {cfg.primary_metric} challenger - champion = {boot.get('difference', float('nan')):+.4f}, "
+        f"95% CI [{low:+.4f}, {high:+.4f}]; uplift lower bound {bound:+.4f} vs margin {cfg.min_uplift}"
+    )
+
+
+def _slice_rule(slices: list[dict[str, Any]], cfg: DeploymentConfig, where: str) -> tuple[bool, str]:
+    worst = [s for s in slices if s.get("change", 0) < -cfg.slice_tolerance]
+    if not worst:
+        return True, f"{where}: no slice regresses beyond tolerance {cfg.slice_tolerance}"
+    return False, (
+        f"{where}: "
+        + "; ".join(f"{s['slice']}={s['value']} {s['change']:+.4f} ({s['rows']} rows)" for s in worst)
+        + f" (tolerance {cfg.slice_tolerance})"
+    )
+
+
+def recent_decides(evaluation: Evaluation, cfg: DeploymentConfig) -> bool:
+    recent = evaluation.recent or {}
+    return recent.get("rows", 0) >= cfg.recent_min_rows and "bootstrap" in recent
+
+
 def promotion_decision(
     evaluation: Evaluation,
     cfg: DeploymentConfig,
@@ -227,27 +306,36 @@ def promotion_decision(
         f"model {eng.get('model_bytes', 0):,} bytes (budget {cfg.max_model_bytes:,})",
     )
     if has_champion:
-        boot = evaluation.bootstrap or {}
-        low, high = boot.get("ci_low", float("nan")), boot.get("ci_high", float("nan"))
-        if cfg.higher_is_better:
-            uplift_ok, bound = low > cfg.min_uplift, low
-        else:  # lower is better: the whole interval must be below -margin
-            uplift_ok, bound = high < -cfg.min_uplift, -high
-        rule(
-            "uplift",
-            uplift_ok,
-            f"{cfg.primary_metric} challenger - champion = {boot.get('difference', float('nan')):+.4f}, "
-            f"95% CI [{low:+.4f}, {high:+.4f}]; uplift lower bound {bound:+.4f} vs margin {cfg.min_uplift}",
+        golden_name = (
+            f"golden set {evaluation.golden.get('version', '?')} ({evaluation.golden.get('rows', 0)} rows)"
         )
-        worst = [s for s in evaluation.slices if s.get("change", 0) < -cfg.slice_tolerance]
-        rule(
-            "slices",
-            not worst,
-            "no slice regresses beyond tolerance"
-            if not worst
-            else "; ".join(f"{s['slice']}={s['value']} {s['change']:+.4f} ({s['rows']} rows)" for s in worst)
-            + f" (tolerance {cfg.slice_tolerance})",
-        )
+        if recent_decides(evaluation, cfg):
+            recent = evaluation.recent or {}
+            info = recent.get("info") or {}
+            where = f"recent set {info.get('start')}..{info.get('end')} ({recent['rows']} rows)"
+            rule("recent_set", True, f"{where} decides; the golden set guards")
+            rule("uplift", *_uplift_rule(recent["bootstrap"], cfg, where))
+            rule("slices", *_slice_rule(recent.get("slices") or [], cfg, where))
+            boot = evaluation.bootstrap or {}
+            change = boot.get("difference", float("nan"))
+            change = change if cfg.higher_is_better else -change
+            rule(
+                "golden_guard",
+                change >= -cfg.golden_tolerance,
+                f"{golden_name}: {cfg.primary_metric} change {change:+.4f} (better is positive) vs tolerance "
+                f"-{cfg.golden_tolerance}",
+            )
+        else:
+            recent = evaluation.recent or {}
+            why = (recent.get("info") or {}).get("note") or "no recent set"
+            rule(
+                "recent_set",
+                True,
+                f"{recent.get('rows', 0)} recent labelled rows (< {cfg.recent_min_rows}): the golden set alone "
+                f"decides ({why})",
+            )
+            rule("uplift", *_uplift_rule(evaluation.bootstrap or {}, cfg, golden_name))
+            rule("slices", *_slice_rule(evaluation.slices, cfg, golden_name))
         fresher = challenger_window_end is not None and champion_window_end is not None
         rule(
             "data_not_older",

@@ -23,7 +23,16 @@ Output (``--output``, a local staging directory)::
 
     train/part-00000.parquet …        rows sorted by flight_key inside each file
     validation/part-00000.parquet …
+    recent/part-00000.parquet …       only with --holdout-days: the window's newest days
     job_stats.json                    counts, label rates, column roles, input files (written last)
+
+Splits (:func:`split_plan`, recorded as ``split`` in ``job_stats.json``): ``--holdout-days`` K
+puts the window's newest K days in ``recent`` (at most a third of the window), the days that
+judge the model in deployment and that it never trains on. ``--validation-split time`` makes
+``validation`` the ``--validation-days`` days before them (at most half of what is left), so early
+stopping and the search score days the model has not seen; ``key_hash`` (the default, and the
+fallback of a one-day window) puts ``--validation-fraction`` of each day's flights there by a
+seeded hash of the flight key.
 
 Rows are hash-partitioned by ``flight_key`` into ``--output-partitions`` files (empty ones are not
 written), Spark's ``_SUCCESS``/``.crc`` side files are removed, part files get fixed names and
@@ -347,6 +356,44 @@ def dedup(df, key: tuple[str, ...], flag: str, first: tuple = ()):
     return df.withColumn(flag, key_complete & (F.row_number().over(window) > 1))
 
 
+SPLITS = ("train", "validation", "recent")
+
+
+def split_plan(
+    end_date: dt.date,
+    days: int,
+    split: str = "key_hash",
+    validation_days: int = 0,
+    holdout_days: int = 0,
+    validation_fraction: float = 0.2,
+) -> dict:
+    """Which days of the window each split holds; ``kind`` is the validation split really used.
+
+    ``recent``: the newest ``min(holdout_days, (days - 1) // 3)`` days (none when 0).
+    ``validation``: with ``time``, the ``min(validation_days, rest // 2)`` days before them
+    (``rest`` = the days left); a window too short for a validation day falls back to the
+    key hash, and the plan says so.
+    """
+    window = window_days(end_date, days)
+    recent = min(max(0, holdout_days), (days - 1) // 3)
+    rest = days - recent
+    valid = min(max(0, validation_days), rest // 2) if split == "time" else 0
+    kind = "time" if valid > 0 else "key_hash"
+
+    def span(first: int, last: int) -> dict:
+        return {"start": window[first].isoformat(), "end": window[last].isoformat(), "days": last - first + 1}
+
+    plan = {"requested": split, "kind": kind, "holdout_days": recent}
+    if kind == "time":
+        plan["train"] = span(0, rest - valid - 1)
+        plan["validation"] = span(rest - valid, rest - 1)
+    else:
+        plan["train"] = plan["validation"] = span(0, rest - 1)
+        plan["validation_fraction"] = validation_fraction
+    plan["recent"] = span(rest, days - 1) if recent else None
+    return plan
+
+
 def hash_bucket(salt: str, seed: int, column: str):
     from pyspark.sql import functions as F
 
@@ -487,13 +534,31 @@ def derive_features(clean, weather, planes, airlines, args):
         F.coalesce(F.col("_p_match"), F.lit(False)).alias("_p_match"),
         F.coalesce(F.col("_a_match"), F.lit(False)).alias("_a_match"),
     )
-    valid_below = round(args.validation_fraction * HASH_BUCKETS)
-    features = features.withColumn(
-        "_split",
-        F.when(hash_bucket("split", args.seed, "flight_key") < valid_below, "validation").otherwise("train"),
-    )
+    features = features.withColumn("_split", split_column(args.split_plan, args))
     features.cache()
     return features
+
+
+def split_column(plan: dict, args):
+    """The ``_split`` of each row under ``plan`` (:func:`split_plan`)."""
+    from pyspark.sql import functions as F
+
+    day = F.col("flight_date")
+    if plan["kind"] == "time":
+        is_validation = day >= F.lit(dt.date.fromisoformat(plan["validation"]["start"]))
+    else:
+        valid_below = round(args.validation_fraction * HASH_BUCKETS)
+        is_validation = hash_bucket("split", args.seed, "flight_key") < valid_below
+    column = F.when(is_validation, "validation").otherwise("train")
+    if plan["recent"]:
+        column = F.when(day >= F.lit(dt.date.fromisoformat(plan["recent"]["start"])), "recent").otherwise(
+            column
+        )
+    return column
+
+
+def plan_splits(plan: dict) -> tuple[str, ...]:
+    return tuple(s for s in SPLITS if plan.get(s))
 
 
 def write_splits(features, args) -> dict:
@@ -515,7 +580,7 @@ def write_splits(features, args) -> dict:
     per_split = {r["_split"]: r for r in stats_rows}
 
     sort_order = [F.col(c).asc_nulls_first() for c in OUTPUT_COLUMNS]
-    for split in ("train", "validation"):
+    for split in plan_splits(args.split_plan):
         out = features.where(F.col("_split") == split).select(*OUTPUT_COLUMNS)
         (
             out.repartition(args.output_partitions, "flight_key")
@@ -537,11 +602,9 @@ def job_stats(
         row = per_split.get(split)
         return int(row[field] or 0) if row is not None else 0
 
-    rows = {s: split_value(s, "rows") for s in ("train", "validation")}
-    label_rate = {
-        s: (round(split_value(s, "delayed") / rows[s], 6) if rows[s] else None)
-        for s in ("train", "validation")
-    }
+    splits = plan_splits(args.split_plan)
+    rows = {s: split_value(s, "rows") for s in splits}
+    label_rate = {s: (round(split_value(s, "delayed") / rows[s], 6) if rows[s] else None) for s in splits}
     input_rows = int(flight_counts["input_rows"])
     output_rows = sum(rows.values())
     cancelled = int(flight_counts["cancelled_dropped"] or 0)
@@ -555,7 +618,11 @@ def job_stats(
             "end": args.end_date.isoformat(),
             "days": args.window_days,
         },
+        "split": args.split_plan,
         "params": {
+            "validation_split": args.validation_split,
+            "validation_days": args.validation_days,
+            "holdout_days": args.holdout_days,
             "validation_fraction": args.validation_fraction,
             "subsample_fraction": args.subsample_fraction,
             "seed": args.seed,
@@ -679,12 +746,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--output", required=True, help="local staging directory")
     parser.add_argument("--validation-fraction", type=_fraction(one_allowed=False), default=0.2)
+    parser.add_argument(
+        "--validation-split",
+        choices=("time", "key_hash"),
+        default="key_hash",
+        help="time: the last --validation-days days; key_hash: --validation-fraction of each day",
+    )
+    parser.add_argument("--validation-days", type=_positive, default=5)
+    parser.add_argument(
+        "--holdout-days", type=int, default=0, help="newest days written as split 'recent' (0: none)"
+    )
     parser.add_argument("--subsample-fraction", type=_fraction(one_allowed=True), default=1.0)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--master", default=None, help="Spark master (default: whatever spark-submit sets)")
     parser.add_argument("--output-partitions", type=_positive, default=1)
     parser.add_argument("--shuffle-partitions", type=_positive, default=4)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.holdout_days < 0:
+        parser.error(f"argument --holdout-days: expected an integer >= 0, got {args.holdout_days}")
+    args.split_plan = split_plan(
+        args.end_date,
+        args.window_days,
+        args.validation_split,
+        args.validation_days,
+        args.holdout_days,
+        args.validation_fraction,
+    )
+    return args
 
 
 def write_json_atomically(path: str, obj: dict) -> None:

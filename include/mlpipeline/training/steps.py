@@ -264,6 +264,8 @@ def _run_tags(
         tracking.TAG_DATASET_HASH: manifest["content_hash"],
         tracking.TAG_WINDOW_START: manifest["window"]["start"],
         tracking.TAG_WINDOW_END: manifest["window"]["end"],
+        tracking.TAG_TRAINED_END: datasets.trained_end(manifest),
+        tracking.TAG_VALIDATION_SPLIT: datasets.validation_split_label(manifest),
         tracking.TAG_GOLDEN: golden.version if golden else "",
         tracking.TAG_GIT_SHA: datasets.code_version()["git_sha"],
         tracking.TAG_SETTINGS_HASH: cfg.fingerprint(),
@@ -286,6 +288,7 @@ def _search_and_fit(data, frames: dict[str, Any], tcfg, n_trials: int):
             "early_stopping_rounds": tcfg.early_stopping_rounds,
             "rows_train": len(frames["train"]),
             "rows_validation": len(frames["validation"]),
+            "rows_recent_held_out": len(frames["recent"]) if "recent" in frames else 0,
         }
     )
     best = train.search(data, tcfg, n_trials, tcfg.timeout_s)
