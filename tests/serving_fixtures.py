@@ -102,3 +102,24 @@ def request_rows(n: int = 50, seed: int = 1) -> list[dict]:
         row["flight_key"] = str(record["flight_key"])
         rows.append(row)
     return rows
+
+
+def publish_dataset_version(lake, staging_root: Path, version: str, splits: dict, plan: dict) -> dict:
+    """Publish frames as training dataset ``flights_delay`` version ``version`` the way
+    dataset_generation does (manifest, split hashes, ``splits`` = ``plan``); the manifest."""
+    import datetime as dt
+
+    from mlpipeline.data import datasets
+
+    staging = staging_root / f"ds={version}"
+    for split, frame in splits.items():
+        (staging / split).mkdir(parents=True)
+        frame.to_parquet(staging / split / "part-00000.parquet", index=False)
+    frames = datasets.staged_splits(staging)  # read back as training and deployment read them
+    window = (dt.date.fromisoformat(plan["train"]["start"]), dt.date.fromisoformat(version))
+    manifest = datasets.build_manifest(
+        name="flights_delay", kind="training", version=version, window=window, frames=frames,
+        job_stats={"split": plan}, quality={"success": True}, params={}, golden=None,
+    )  # fmt: skip
+    datasets.publish_dataset(lake, staging, manifest)
+    return manifest

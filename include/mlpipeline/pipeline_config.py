@@ -125,6 +125,7 @@ class DeploymentConfig(_Strict):
     slice_tolerance: float = Field(ge=0)
     recent_min_rows: int = Field(default=500, ge=1)  # fewer recent labelled rows: the golden set decides
     golden_tolerance: float = Field(default=0.02, ge=0)  # golden-set loss allowed when the recent set decides
+    golden_stale_tolerance: float = Field(default=0.10, ge=0)  # …while the golden set is stale
     max_p99_latency_ms: float = Field(gt=0)
     max_model_bytes: int = Field(gt=0)
     engineering_repeats: int = Field(ge=10)

@@ -10,7 +10,7 @@ import httpx
 import mlflow
 import pytest
 from serving_env import model_server, module_settings, settings_environ
-from serving_fixtures import CATEGORICAL, FEATURES, real_rows
+from serving_fixtures import CATEGORICAL, FEATURES, publish_dataset_version, real_rows
 
 from mlpipeline.data import datasets
 from mlpipeline.deployment import registry, steps
@@ -219,21 +219,6 @@ def test_bad_golden_and_unloadable_challenger(env, session_dir):
 
 
 # --- The recent set decides, the golden set guards (real July rows against a January champion) ---
-def publish_version(lake: Lake, tmp: Path, version: str, splits: dict, plan: dict) -> None:
-    """Publish a training dataset version the way dataset_generation does (manifest, hashes)."""
-    staging = tmp / f"ds={version}"
-    for split, frame in splits.items():
-        (staging / split).mkdir(parents=True)
-        frame.to_parquet(staging / split / "part-00000.parquet", index=False)
-    frames = datasets.staged_splits(staging)  # read back as training and deployment read them
-    window = (dt.date.fromisoformat(plan["train"]["start"]), dt.date.fromisoformat(version))
-    manifest = datasets.build_manifest(
-        name="flights_delay", kind="training", version=version, window=window, frames=frames,
-        job_stats={"split": plan}, quality={"success": True}, params={}, golden=None,
-    )  # fmt: skip
-    datasets.publish_dataset(lake, staging, manifest)
-
-
 def july_tags(version: str, trained_end: str) -> dict[str, str]:
     return {
         tracking.TAG_DATASET: "flights_delay",
@@ -265,9 +250,9 @@ def test_recent_set_decides_and_the_golden_set_guards(env, tmp_path):
         "recent": {"start": "2013-07-22", "end": "2013-07-28", "days": 7},
     }
     split_at = july_train["flight_date"] <= dt.date(2013, 7, 16)
-    publish_version(lake, tmp_path, "2013-07-28",
+    publish_dataset_version(lake, tmp_path, "2013-07-28",
                     {"train": july_train[split_at], "validation": july_train[~split_at], "recent": recent}, plan)  # fmt: skip
-    publish_version(lake, tmp_path, "2013-07-21", {"train": july_train[split_at], "validation": july_train[~split_at]},
+    publish_dataset_version(lake, tmp_path, "2013-07-21", {"train": july_train[split_at], "validation": july_train[~split_at]},
                     {**plan, "recent": None})  # fmt: skip
     features = [c for c in january.columns if c != "flight_date"]
 
@@ -327,6 +312,12 @@ def test_recent_set_decides_and_the_golden_set_guards(env, tmp_path):
     recent_eval = report["evaluation"]["recent"]
     assert recent_eval["rows"] == len(recent)
     assert recent_eval["bootstrap"]["ci_low"] > 0
+    # January golden vs July traffic: the golden set is stale, its guard weighs less (and says so).
+    staleness = report["evaluation"]["golden"]["staleness"]
+    assert staleness["stale"] is True
+    assert "temp" in staleness["drifted"]
+    guard = next(r for r in report["rules"] if r["rule"] == "golden_guard")
+    assert "vs tolerance -0.1 (golden set stale: " in guard["detail"]
     page = lake.read_bytes(f"reports/evaluation/{MODEL}/v{learnt}/report.html").decode()
     assert "2013-07-22..2013-07-28" in page
     assert "2013-12-01..2013-12-30" in page  # both sets' date ranges, side by side

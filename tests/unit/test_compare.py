@@ -176,3 +176,18 @@ def test_too_few_recent_rows_leave_the_decision_to_the_golden_set(rows):
         in recent_rule["detail"]
     )
     assert "golden set v1 (2000 rows)" in decision["reasons"][0]
+
+
+@pytest.mark.parametrize(("stale", "decision"), [(False, "reject"), (True, "promote")])
+def test_a_stale_golden_set_guards_with_the_wider_tolerance(stale, decision):
+    """A golden loss of 0.05: beyond golden_tolerance (0.02), within golden_stale_tolerance (0.10)."""
+    evaluation = _with_recent(_golden_loss(-0.05))
+    evaluation.golden["staleness"] = {"stale": stale, "drifted": ["temp", "dest"] if stale else []}
+    result = promotion_decision(evaluation, CFG, "2013-07-28", "2013-01-28", True)
+    assert result["decision"] == decision
+    guard = next(r for r in result["rules"] if r["rule"] == "golden_guard")
+    assert guard["detail"].endswith(
+        "vs tolerance -0.1 (golden set stale: temp, dest drifted against the recent set)"
+        if stale
+        else "-0.02"
+    )

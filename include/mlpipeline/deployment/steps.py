@@ -111,6 +111,7 @@ def evaluate_candidate(
     recent_frame, recent_info = recent_set(lake, challenger_mv, champion_mv)
     scores = _score(client, model, version, champion, golden, recent_frame, cfg)
     (challenger_scores, champion_scores), engineering = scores["golden"], scores["engineering"]
+    staleness = golden_staleness(golden, recent_frame, *scores["features"], cfg)
 
     evaluation = evaluate(
         golden,
@@ -125,6 +126,7 @@ def evaluate_candidate(
             "content_hash": golden_manifest["content_hash"],
             "start": golden_manifest["window"]["start"],
             "end": golden_manifest["window"]["end"],
+            "staleness": staleness,
         },
     )
     evaluation.recent = evaluate_recent(
@@ -206,6 +208,27 @@ def judged_on(evaluation, cfg: PipelineConfig) -> dict[str, Any]:
         "decided_by": "recent set, golden guard"
         if recent_decides(evaluation, cfg.deployment)
         else "golden set",
+    }
+
+
+def golden_staleness(golden, recent, features: list[str], categorical: list[str], cfg: PipelineConfig):
+    """Has the world left the golden set behind? Drift of the recent set against the golden set,
+    with monitoring's machinery and thresholds (``monitoring.drift_*``): stale when monitoring
+    would call it dataset drift. ``None`` without a recent set."""
+    from mlpipeline.monitoring.drift import DriftInputError, check_drift
+
+    if recent is None or len(recent) == 0:
+        return None
+    try:
+        result, _ = check_drift(recent, golden, features, categorical, cfg.monitoring)
+    except DriftInputError as err:
+        return {"stale": False, "error": str(err)}
+    return {
+        "stale": result.dataset_drift,
+        "drifted": result.drifted,
+        "share": round(result.share, 4),
+        "scores": {c.column: round(c.score, 4) for c in result.judged if c.score is not None},
+        "against": "recent set",
     }
 
 
@@ -292,10 +315,12 @@ def _score(client, model: str, version: str, champion: str | None, golden, recen
                 challenger.score_frame(recent),
                 champion_model.score_frame(recent) if champion_scores is not None else None,
             )
+    spec = challenger.spec
     return {
         "golden": (challenger_scores, champion_scores),
         "recent": recent_scores,
         "engineering": engineering,
+        "features": (list(spec.features), [f for f in spec.features if spec.is_categorical(f)]),
     }
 
 

@@ -319,11 +319,18 @@ def promotion_decision(
             boot = evaluation.bootstrap or {}
             change = boot.get("difference", float("nan"))
             change = change if cfg.higher_is_better else -change
+            stale = evaluation.golden.get("staleness") or {}
+            tolerance = cfg.golden_stale_tolerance if stale.get("stale") else cfg.golden_tolerance
+            why = (
+                f" (golden set stale: {', '.join(stale.get('drifted') or [])} drifted against the recent set)"
+                if stale.get("stale")
+                else ""
+            )
             rule(
                 "golden_guard",
-                change >= -cfg.golden_tolerance,
+                change >= -tolerance,
                 f"{golden_name}: {cfg.primary_metric} change {change:+.4f} (better is positive) vs tolerance "
-                f"-{cfg.golden_tolerance}",
+                f"-{tolerance}{why}",
             )
         else:
             recent = evaluation.recent or {}
