@@ -31,6 +31,7 @@ def test_demo_twice(demo_stack: DemoStack):
         *(f"2013-01-{d:02d}" for d in range(1, 11)),  # versions' windows + six days of traffic
         "2013-01-20", "2013-01-21", "2013-01-22",  # golden range
         "2013-07-13", "2013-07-14", "2013-07-15",  # the drift scenario's window
+        "2013-07-16",  # the day after it: served by the July model when it was promoted
     ]  # fmt: skip
     versions = lake.committed_partitions("datasets/flights_delay", key="ds")
     assert versions == ["2013-01-03", "2013-01-04", "2013-07-15"]  # a REST backfill + the drift retrain

@@ -165,7 +165,7 @@ def landing_ranges(settings: Settings, cfg: PipelineConfig) -> list[tuple[dt.dat
     return [
         (max(first_window_start, settings.data_start), settings.demo_last_version + TRAFFIC_DAYS),
         (cfg.golden.default_start, cfg.golden.default_end),
-        (drift_window_start, DRIFT_DAY),
+        (drift_window_start, DRIFT_DAY + dt.timedelta(days=1)),  # and the day after: the new champion's first
     ]
 
 
@@ -253,6 +253,31 @@ def drift_retrain(api: AirflowApi, lake: Lake, settings: Settings, cfg: Pipeline
         )
         deployed = wait_for_deployments(api, lake, model)
         lines.append(f"    champion after its evaluation: v{deployed['champion']}")
+        lines += [f"      {line}" for line in evaluation_lines(lake, model, challenger["version"])]
+        if str(deployed["champion"]) == str(challenger["version"]):
+            after = day + dt.timedelta(days=1)
+            backfill_and_wait(api, "traffic_replay", after, after)
+            backfill_and_wait(api, "model_monitoring", after, after)
+            lines.append(f"    the next day, served by v{deployed['champion']}:")
+            lines += _record_lines(lake, model, after)
+    return lines
+
+
+def evaluation_lines(lake: Lake, model: str, version: str) -> list[str]:
+    """What judged a version: both sets, their sizes and days, and every rule."""
+    path = f"reports/evaluation/{model}/v{version}/report.json"
+    if not lake.exists(path):
+        return []
+    report = lake.read_json(path)
+    judged = report.get("judged_on") or {}
+    lines = [
+        f"decided by {judged.get('decided_by')}: recent {judged.get('recent')}; golden {judged.get('golden')}",
+    ]
+    lines += [
+        f"{'pass' if r['passed'] else 'FAIL'} {r['rule']}: {r['detail'][:200]}"
+        for r in report["rules"]
+        if r["rule"] in ("recent_set", "uplift", "slices", "golden_guard")
+    ]
     return lines
 
 
