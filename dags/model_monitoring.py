@@ -30,6 +30,12 @@ fast and healthy, and does it serve what the registry says?** Then one decision.
     `rollback_window_days` of its promotion → `model_rollback` with `conf` naming the previous
     champion and the reason (run id `auto_rollback__D`);
   * `alarm_only`: a breach with no safe automatic action (alarms already raised).
+
+  Beside the branch, `golden_refresh_needed` → `trigger_golden_refresh`: `check_drift` also
+  judges the **golden set's staleness** (the trailing week's traffic against it, same
+  thresholds); stale = an alarm with the figures and, with `golden.refresh_on_stale`, a
+  `golden_dataset` run (run id `golden_refresh__D`) building the next version from the newest
+  labelled days no training window in use overlaps. It never moves production.
 * **Thresholds**: `monitoring` in `include/config/pipeline.yaml` (commented).
 * **Alarms**: `alarms/alarms.jsonl` in the lake + task log; Slack and e-mail when the
   connections `slack_alarms` / `smtp_alarms` exist (`MLP_ALARM_*`).
@@ -169,6 +175,21 @@ def model_monitoring():
         execution_timeout=dt.timedelta(minutes=5),
     )
     branch >> [healthy, trigger_retraining, trigger_rollback, alarm_only]
+
+    @task.short_circuit
+    def golden_refresh_needed(decided: dict) -> bool:
+        """The golden set is stale and golden.refresh_on_stale is on."""
+        return decided.get("golden_refresh_conf") is not None
+
+    trigger_golden_refresh = TriggerDagRunOperator(
+        task_id="trigger_golden_refresh",
+        trigger_dag_id="golden_dataset",
+        trigger_run_id="golden_refresh__{{ data_interval_start | ds }}",
+        conf=decided["golden_refresh_conf"],
+        skip_when_already_exists=True,
+        execution_timeout=dt.timedelta(minutes=5),
+    )
+    golden_refresh_needed(decided) >> trigger_golden_refresh
 
 
 model_monitoring()

@@ -90,6 +90,8 @@ class GoldenConfig(_Strict):
     default_start: dt.date
     default_end: dt.date
     default_sample_size: int = Field(ge=100)
+    refresh_on_stale: bool = False  # model_monitoring triggers golden_dataset when the golden set is stale
+    refresh_days: int = Field(default=14, ge=1, le=90)  # days of the next golden version
 
 
 class TrainingConfig(_Strict):

@@ -40,6 +40,8 @@ EXPECTED_TASKS = {
         "trigger_retraining",
         "trigger_rollback",
         "alarm_only",
+        "golden_refresh_needed",
+        "trigger_golden_refresh",
     },
 }
 

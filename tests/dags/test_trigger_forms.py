@@ -115,12 +115,22 @@ def test_good_values_are_accepted(dagbag, dag_id, conf):
 @pytest.mark.parametrize("target", [None, "3", 3])
 def test_monitoring_triggers_pass_the_forms_they_fill(dagbag, target):
     """What model_monitoring sends as conf (rollback and retrain) validates against the forms."""
+    from mlpipeline.monitoring.golden import refresh_conf
     from mlpipeline.monitoring.steps import retrain_conf, rollback_conf
+    from mlpipeline.pipeline_config import get_pipeline_config
 
     decided = {"reasons": ["quality: ROC AUC 0.37 below 0.69"], "rollback_target": target}
+    stale = {
+        "status": "breach",
+        "summary": "golden set v1 is stale: temp drifted",
+        "figures": {"refresh": {"start": "2013-06-04", "end": "2013-06-17"}},
+    }
+    golden = refresh_conf(stale, get_pipeline_config(), "2013-07-15")
+    assert golden["start"] == "2013-06-04"
     for dag_id, conf in (
         ("model_rollback", rollback_conf(decided, "2013-01-10")),
         ("dataset_generation", retrain_conf({"reasons": ["drift: temp"]}, "2013-07-15")),
+        ("golden_dataset", golden),
     ):
         dag = dagbag.dags[dag_id]
         # Extra keys (requested_by, reason for a retrain) are conf only: no param checks them.

@@ -24,6 +24,7 @@ def write_test_config(path: Path, **quality) -> Path:
             "default_start": GOLDEN_DAYS[0].isoformat(),
             "default_end": GOLDEN_DAYS[1].isoformat(),
             "default_sample_size": 1000,
+            "refresh_days": 2,  # a stale golden set is rebuilt from 2 days
         }
     )
     path.write_text(yaml.safe_dump(cfg))

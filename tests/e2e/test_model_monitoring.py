@@ -52,6 +52,7 @@ def env(tmp_path_factory, mlflow_server, airflow_db):
     cfg["monitoring"].update(
         {"sensor_poke_interval_s": 1, "sensor_timeout_s": 3, "max_p99_latency_ms": 250.0}
     )
+    cfg["golden"].update({"refresh_days": 2})  # a stale golden set is rebuilt from 2 landed days
     (root / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
     port, values = module_settings(root, TOKEN, MLP_ALLOW_FORCE_PROMOTE="true")
     with settings_environ(values):
@@ -60,7 +61,7 @@ def env(tmp_path_factory, mlflow_server, airflow_db):
 
         lake = build_lake(root / "lake", get_settings(), get_pipeline_config())
         land_range(lake, dt.date(2013, 1, 11), dt.date(2013, 1, 14))
-        land_range(lake, dt.date(2013, 7, 13), dt.date(2013, 7, 15))
+        land_range(lake, dt.date(2013, 7, 11), dt.date(2013, 7, 15))  # a golden refresh's days + a window
         with model_server(root, port, MLP_SERVING_POLL_S="1", MLP_SERVING_LOG_FLUSH_S="0.5") as url:
             trained = training_steps.train_candidate(TRAIN_VERSION.isoformat(), n_trials=3)
             registered = training_steps.register_candidate(trained)
@@ -253,6 +254,39 @@ def test_drift_triggers_retraining_and_a_new_challenger(env):
     assert trained.state == "success"
     challenger = _client().get_model_version_by_alias(MODEL, "challenger")
     assert challenger.tags[tracking.TAG_DATASET_VERSION] == day.isoformat()
+
+
+def test_a_stale_golden_set_alarms_and_is_refreshed_from_days_no_window_uses(env):
+    """July traffic against the January golden set (the drift day above): a warning alarm with
+    the figures, a golden_dataset run for the 2 days before the retrain window (07-11..12), which
+    builds v2 (frozen, hashed); the champion did not move because of it."""
+    from mlpipeline.data import datasets
+
+    day = dt.date(2013, 7, 15)
+    rec = record(env, day)
+    golden = next(f for f in rec["findings"] if f["check"] == "golden")
+    assert golden["status"] == "breach", golden
+    assert "temp" in golden["breaches"]
+    assert golden["figures"]["refresh"] == {"start": "2013-07-11", "end": "2013-07-12"}
+    alarm = next(a for a in rec["alarms"] if a["what"].startswith("golden"))
+    assert alarm["severity"] == "warning"
+    assert "build the next golden version from 2013-07-11..2013-07-12" in alarm["suggested_action"]
+    triggered = [r for r in triggered_runs("golden_dataset") if r[0] == "golden_refresh__2013-07-15"]
+    assert triggered, triggered_runs("golden_dataset")
+    conf = triggered[0][1]
+    assert (conf["start"], conf["end"], conf["requested_by"]) == (
+        "2013-07-11",
+        "2013-07-12",
+        "model_monitoring",
+    )
+
+    before = registry.current_champion(_client(), MODEL)
+    built = load_dag("golden_dataset").dags["golden_dataset"].test(run_conf=conf)
+    assert built.state == "success"
+    info = datasets.current_golden(env["lake"], "flights_delay_golden")
+    assert (info.version, info.start, info.end) == ("v2", dt.date(2013, 7, 11), dt.date(2013, 7, 12))
+    assert datasets.load_golden(env["lake"], "flights_delay_golden", "v1", verify=True)  # v1 untouched
+    assert registry.current_champion(_client(), MODEL) == before
 
 
 def test_no_traffic_day_alarms(env):

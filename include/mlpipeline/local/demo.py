@@ -165,7 +165,9 @@ def landing_ranges(settings: Settings, cfg: PipelineConfig) -> list[tuple[dt.dat
     return [
         (max(first_window_start, settings.data_start), settings.demo_last_version + TRAFFIC_DAYS),
         (cfg.golden.default_start, cfg.golden.default_end),
-        (drift_window_start, DRIFT_DAY + dt.timedelta(days=1)),  # and the day after: the new champion's first
+        # The drift window, the day after it (the new champion's first) and, before the window, the
+        # days a stale golden set is rebuilt from (monitoring.golden.refresh_range).
+        (drift_window_start - dt.timedelta(days=cfg.golden.refresh_days), DRIFT_DAY + dt.timedelta(days=1)),
     ]
 
 
@@ -239,10 +241,24 @@ def drift_retrain(api: AirflowApi, lake: Lake, settings: Settings, cfg: Pipeline
     """Serve July flights to the winter model: drift, retraining on the newest data, a new challenger."""
     model = cfg.training.model_name
     day = DRIFT_DAY
+    api.wait_for_dag("golden_dataset")
+    api.set_paused("golden_dataset", False)  # monitoring triggers it when the golden set is stale
     backfill_and_wait(api, "traffic_replay", day, day)
     backfill_and_wait(api, "model_monitoring", day, day)
     lines = _record_lines(lake, model, day)
     record = lake.read_json(locations.monitoring_record(model, day))
+    stale = next((f for f in record["findings"] if f["check"] == "golden"), {})
+    if (
+        stale.get("status") == "breach"
+        and (stale.get("figures") or {}).get("refresh")
+        and cfg.golden.refresh_on_stale
+    ):
+        state = api.wait_for_run("golden_dataset", f"golden_refresh__{day.isoformat()}", missing_ok=True)
+        info = datasets.current_golden(lake, cfg.golden.name)
+        lines.append(
+            f"    golden_dataset golden_refresh__{day} {state}: current golden set {info.version} "
+            f"({info.start}..{info.end})"
+        )
     if record["decision"] == "retrain":
         state = api.wait_for_run("dataset_generation", f"retrain__{day.isoformat()}", missing_ok=True)
         lines.append(f"    dataset_generation retrain__{day} {state}")

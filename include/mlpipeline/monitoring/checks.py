@@ -24,7 +24,7 @@ PREDICTION_LOG_COLUMNS = ("model_version", "score", "latency_ms", "flight_key")
 
 @dataclass
 class Finding:
-    check: str  # drift | quality | engineering | consistency | traffic
+    check: str  # drift | quality | engineering | consistency | traffic | golden
     status: str
     summary: str
     figures: dict[str, Any] = field(default_factory=dict)

@@ -149,6 +149,7 @@ _ACTIONS_FOR = {
     "drift": "check the upstream data for the drifted columns (a unit or schema change?)",
     "traffic": "check that traffic reaches the server and that its prediction log is written",
     "quality": "compare the served version with its golden-set figures; roll back by hand if needed",
+    "golden": "build the next golden version from recent labelled days (golden_dataset)",
 }
 
 
@@ -159,6 +160,11 @@ def _other_alarms(
     for f in findings:
         if f in handled or f.status in (OK, SKIPPED):
             continue
-        severity = "critical" if f.status in (BREACH, UNAVAILABLE) and f.check != "drift" else "warning"
-        out.append(_alarm(f, severity, _ACTIONS_FOR.get(f.check, "investigate"), model, day))
+        severity = (
+            "critical"
+            if f.status in (BREACH, UNAVAILABLE) and f.check not in ("drift", "golden")
+            else "warning"
+        )
+        action = f.figures.get("suggested_action") or _ACTIONS_FOR.get(f.check, "investigate")
+        out.append(_alarm(f, severity, action, model, day))
     return out

@@ -261,6 +261,7 @@ def run_drift_check(
         summary += f"; not judged: {', '.join(f'{c} ({e})' for c, e in figures['failed'].items())}"
         status = WARN if status == OK else status
     drift = Finding("drift", status, summary, figures, thresholds, result.drifted, version)
+    out["golden"] = golden_staleness(lake, cfg, window, features, categorical, day).as_dict()
 
     run_id, experiment_id = monitoring_run(model, day, cfg, version, context)
     base = drift_dir(model, day)
@@ -288,6 +289,17 @@ def run_drift_check(
     )
     out["mlflow_run_url"] = tracking.run_url(run_id, experiment_id)
     return out
+
+
+def golden_staleness(lake: Lake, cfg: PipelineConfig, window, features, categorical, day: str) -> Finding:
+    """The golden set against the trailing week's traffic (:mod:`mlpipeline.monitoring.golden`)."""
+    from mlpipeline.monitoring import golden
+    from mlpipeline.settings import get_settings
+
+    in_use = golden.windows_in_use(_client(), cfg.training.model_name)
+    return golden.staleness_finding(
+        lake, cfg, window, features, categorical, day, in_use, get_settings().data_start
+    )
 
 
 def _served_features(lake: Lake, model: str, version: str, reference) -> tuple[list[str], list[str]]:
@@ -404,6 +416,11 @@ def decide_and_record(
         _finding(serving["engineering"]),
         _finding(serving["consistency"]),
     ]
+    if drift_out.get("golden"):
+        stale = _finding(drift_out["golden"])
+        # The champion's gap between its golden-set quality and what its delayed labels say.
+        stale.figures.update({k: v for k, v in quality.get("figures", {}).items() if k.startswith("roc_auc")})
+        findings.append(stale)
     champion = ChampionInfo.from_history(
         registry.current_champion(_client(), model), registry.read_history(lake, model)
     )
@@ -444,6 +461,9 @@ def decide_and_record(
         (Path(tmp) / "record.json").write_text(json.dumps(record, indent=2, default=str))
         client.log_artifacts(run_id, tmp, artifact_path="monitoring")
     _finish_run(run_id)
+    from mlpipeline.monitoring.golden import refresh_conf
+
+    golden_finding = next((f.as_dict() for f in findings if f.check == "golden"), None)
     return {
         "decision": decision.action,
         "reasons": decision.reasons,
@@ -451,6 +471,7 @@ def decide_and_record(
         "champion": champion.version,
         "alarms": len(raised),
         "record": lake.uri(record_path(model, day)),
+        "golden_refresh_conf": refresh_conf(golden_finding, cfg, day),
     }
 
 
