@@ -92,6 +92,7 @@ class GoldenConfig(_Strict):
     default_sample_size: int = Field(ge=100)
     refresh_on_stale: bool = False  # model_monitoring triggers golden_dataset when the golden set is stale
     refresh_days: int = Field(default=14, ge=1, le=90)  # days of the next golden version
+    stale_threshold: float = Field(default=0.15, gt=0)  # per-flight columns; temp etc. as in monitoring
 
 
 class TrainingConfig(_Strict):

@@ -213,14 +213,15 @@ def judged_on(evaluation, cfg: PipelineConfig) -> dict[str, Any]:
 
 def golden_staleness(golden, recent, features: list[str], categorical: list[str], cfg: PipelineConfig):
     """Has the world left the golden set behind? Drift of the recent set against the golden set,
-    with monitoring's machinery and thresholds (``monitoring.drift_*``): stale when monitoring
-    would call it dataset drift. ``None`` without a recent set."""
+    judged as monitoring judges it (:func:`mlpipeline.monitoring.golden.staleness_config`).
+    ``None`` without a recent set."""
     from mlpipeline.monitoring.drift import DriftInputError, check_drift
+    from mlpipeline.monitoring.golden import staleness_config
 
     if recent is None or len(recent) == 0:
         return None
     try:
-        result, _ = check_drift(recent, golden, features, categorical, cfg.monitoring)
+        result, _ = check_drift(recent, golden, features, categorical, staleness_config(cfg))
     except DriftInputError as err:
         return {"stale": False, "error": str(err)}
     return {

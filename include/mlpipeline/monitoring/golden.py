@@ -26,6 +26,12 @@ if TYPE_CHECKING:
 Window = tuple[dt.date, dt.date]
 
 
+def staleness_config(cfg: PipelineConfig):
+    """Monitoring's drift settings with ``golden.stale_threshold`` for the per-flight columns: a
+    golden set from another month sits near monitoring's 0.1 on routes and planes by itself."""
+    return cfg.monitoring.model_copy(update={"drift_threshold": cfg.golden.stale_threshold})
+
+
 def refresh_range(
     day: dt.date, cfg: PipelineConfig, in_use: list[Window], data_start: dt.date
 ) -> Window | None:
@@ -86,7 +92,11 @@ def staleness_finding(
     try:
         _, golden = datasets.load_golden(lake, cfg.golden.name, info.version)
         result, _ = check_drift(
-            traffic.drop(columns=["score"], errors="ignore"), golden, features, categorical, cfg.monitoring
+            traffic.drop(columns=["score"], errors="ignore"),
+            golden,
+            features,
+            categorical,
+            staleness_config(cfg),
         )
     except (datasets.DatasetError, DriftInputError) as err:
         return Finding("golden", UNAVAILABLE, f"golden set {info.version} not judged: {err}")
@@ -101,6 +111,7 @@ def staleness_finding(
     }
     thresholds = {
         "drift_share_threshold": cfg.monitoring.drift_share_threshold,
+        "stale_threshold": cfg.golden.stale_threshold,
         "columns": {c.column: c.threshold for c in result.judged},
     }
     if not result.dataset_drift:
