@@ -162,12 +162,13 @@ def landing_ranges(settings: Settings, cfg: PipelineConfig) -> list[tuple[dt.dat
     """Raw days the demo needs: the dataset versions' windows and the golden range."""
     first_window_start = settings.demo_first_version - dt.timedelta(days=cfg.dataset.window_days - 1)
     drift_window_start = DRIFT_DAY - dt.timedelta(days=cfg.dataset.window_days - 1)
+    refresh_days = cfg.golden.refresh_days if cfg.golden.refresh_on_stale else 0
     return [
         (max(first_window_start, settings.data_start), settings.demo_last_version + TRAFFIC_DAYS),
         (cfg.golden.default_start, cfg.golden.default_end),
         # The drift window, the day after it (the new champion's first) and, before the window, the
-        # days a stale golden set is rebuilt from (monitoring.golden.refresh_range).
-        (drift_window_start - dt.timedelta(days=cfg.golden.refresh_days), DRIFT_DAY + dt.timedelta(days=1)),
+        # days a stale golden set is rebuilt from (monitoring.golden.refresh_range) when it is.
+        (drift_window_start - dt.timedelta(days=refresh_days), DRIFT_DAY + dt.timedelta(days=1)),
     ]
 
 
