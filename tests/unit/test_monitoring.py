@@ -100,6 +100,29 @@ def test_quality_skips_without_labels_and_breaches_on_inverted_scores(cfg):
     assert "score" in missing.summary
 
 
+def test_replayed_predictions_and_unmatched_labels_are_counted_never_joined_twice(cfg):
+    served = real_rows(n=900, seed=3)
+    log = served.assign(model_version="2", score=0.2 + 0.6 * served["is_delayed"], ts="t1")
+    golden = {"2": {"roc_auc": 0.70, "log_loss": 0.46}}
+    clean = quality_on_labels(log, served[["flight_key", "is_delayed"]], golden, cfg, "2013-01-05")
+    # A replayed day: the first 300 predictions logged again later (with other scores); labels of
+    # 50 flights nobody asked about, and 20 labels landed twice.
+    replayed = pd.concat([log, log.head(300).assign(score=0.5, ts="t2")], ignore_index=True)
+    strangers = real_rows(n=50, seed=99)[["flight_key", "is_delayed"]].assign(
+        flight_key=lambda f: "x" + f["flight_key"]
+    )
+    labels = pd.concat(
+        [served[["flight_key", "is_delayed"]], strangers, served.head(20)[["flight_key", "is_delayed"]]]
+    )
+    finding = quality_on_labels(replayed, labels, golden, cfg, "2013-01-05")
+    figures = finding.figures
+    assert (figures["duplicate_predictions"], figures["duplicate_labels"], figures["labels_without_prediction"]) == (
+        300, 20, 50,
+    )  # fmt: skip
+    assert figures["labelled_rows"] == clean.figures["labelled_rows"] == len(served)  # each flight once
+    assert figures["roc_auc"] < clean.figures["roc_auc"]  # the replay's newer scores (0.5) count
+
+
 def test_engineering_and_consistency_when_the_server_is_down(cfg):
     down = scrape_server("http://127.0.0.1:9", timeout_s=0.5)
     assert "unreachable" in down["error"]

@@ -77,9 +77,13 @@ def quality_on_labels(
         return Finding(
             "quality", UNAVAILABLE, f"prediction log of {labels_day} lacks column(s) {', '.join(missing)}"
         )
-    latest = log.sort_values("ts").drop_duplicates("flight_key", keep="last") if "ts" in log else log
+    # One prediction and one label per flight: a replayed day logs a key twice (the newest
+    # prediction counts), a re-landed label file may repeat one; both are counted, never joined twice.
+    ordered = log.sort_values("ts", kind="mergesort") if "ts" in log else log
+    latest = ordered.drop_duplicates("flight_key", keep="last")
+    unique_labels = labels[["flight_key", "is_delayed"]].drop_duplicates("flight_key", keep="last")
     joined = latest.drop(columns=["is_delayed"], errors="ignore").merge(
-        labels[["flight_key", "is_delayed"]], on="flight_key", how="inner"
+        unique_labels, on="flight_key", how="inner"
     )
     joined = joined[joined["is_delayed"].notna()]
     version = dominant_version(joined)
@@ -88,6 +92,9 @@ def quality_on_labels(
         "labels_day": labels_day,
         "logged_rows": len(latest),
         "labelled_rows": len(served),
+        "duplicate_predictions": len(log) - len(latest),
+        "duplicate_labels": len(labels) - len(unique_labels),
+        "labels_without_prediction": int((~unique_labels["flight_key"].isin(latest["flight_key"])).sum()),
     }
     if len(served) < cfg.min_labelled_rows:
         return Finding(
