@@ -61,7 +61,7 @@ def env(tmp_path_factory, mlflow_server, airflow_db):
 
         lake = build_lake(root / "lake", get_settings(), get_pipeline_config())
         land_range(lake, dt.date(2013, 1, 11), dt.date(2013, 1, 14))
-        land_range(lake, dt.date(2013, 7, 11), dt.date(2013, 7, 15))  # a golden refresh's days + a window
+        land_range(lake, dt.date(2013, 7, 11), dt.date(2013, 7, 16))  # refresh days, a window, the day after
         with model_server(root, port, MLP_SERVING_POLL_S="1", MLP_SERVING_LOG_FLUSH_S="0.5") as url:
             trained = training_steps.train_candidate(TRAIN_VERSION.isoformat(), n_trials=3)
             registered = training_steps.register_candidate(trained)
@@ -287,6 +287,34 @@ def test_a_stale_golden_set_alarms_and_is_refreshed_from_days_no_window_uses(env
     assert (info.version, info.start, info.end) == ("v2", dt.date(2013, 7, 11), dt.date(2013, 7, 12))
     assert datasets.load_golden(env["lake"], "flights_delay_golden", "v1", verify=True)  # v1 untouched
     assert registry.current_champion(_client(), MODEL) == before
+
+
+def test_the_july_challenger_takes_over_and_the_next_day_is_healthy(env):
+    """The loop closes: the July challenger (drift retrain above) is judged on the refreshed July
+    golden set and promoted; 07-16's traffic, served by it, is healthy on every check."""
+    challenger = _client().get_model_version_by_alias(MODEL, "challenger")
+    run = (
+        load_dag("model_deployment")
+        .dags["model_deployment"]
+        .test(run_conf={"candidate": {"model": MODEL, "version": challenger.version}})
+    )
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    report = env["lake"].read_json(f"reports/evaluation/{MODEL}/v{challenger.version}/report.json")
+    assert states["promote"] == "success", report["reasons"]
+    assert report["evaluation"]["golden"]["version"] == "v2"  # judged on the refreshed golden set
+    assert registry.current_champion(_client(), MODEL) == challenger.version
+    deadline = time.monotonic() + 30
+    while served(env) != challenger.version and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+    day = dt.date(2013, 7, 16)
+    serve_day(env, day)
+    _run, states, decided = monitor(day)
+    rec = record(env, day)
+    assert decided["decision"] == "healthy", json.dumps(rec["findings"], indent=1)[:4000]
+    # The refreshed golden set is fresh, or stale with nothing fresher allowed yet: no alarm either way.
+    assert {f["check"]: f["status"] for f in rec["findings"]}["golden"] in ("ok", "warn")
+    assert states["trigger_golden_refresh"] == "skipped"
 
 
 def test_no_traffic_day_alarms(env):

@@ -11,7 +11,14 @@ from serving_fixtures import CATEGORICAL, FEATURES, real_rows
 from mlpipeline.data import datasets
 from mlpipeline.lake import Lake
 from mlpipeline.monitoring.checks import BREACH, OK, SKIPPED, Finding
-from mlpipeline.monitoring.decide import ALARM_ONLY, ROLLBACK, ChampionInfo, monitoring_decision
+from mlpipeline.monitoring.decide import (
+    ALARM_ONLY,
+    HEALTHY,
+    ROLLBACK,
+    WARN,
+    ChampionInfo,
+    monitoring_decision,
+)
 from mlpipeline.monitoring.golden import refresh_conf, refresh_range, staleness_finding
 from mlpipeline.pipeline_config import get_pipeline_config
 
@@ -74,6 +81,23 @@ def test_july_traffic_finds_it_stale_and_names_the_refresh(lake):
             "suggested_action"
         ]
     )
+
+
+def test_a_stale_golden_set_with_nothing_fresher_allowed_is_a_note(lake):
+    """The refresh range overlaps the current golden set (the training windows have not moved on):
+    no second build of the same days, no alarm; the record says why."""
+    traffic = real_rows(n=4000, seed=13, month=7).assign(score=0.2)
+    # On 02-27 the newest days before the day's window are 01-17..30: v1's own (01-15..30).
+    finding = staleness_finding(lake, CFG, traffic, FEATURES, CATEGORICAL, "2013-02-27", [], START)
+    assert finding.status == WARN
+    assert "kept: no fresher days outside the training windows in use" in finding.summary
+    assert "refresh" not in finding.figures
+    assert refresh_conf(finding.as_dict(), CFG, "2013-02-27") is None
+    now = dt.datetime(2026, 1, 10, tzinfo=dt.UTC)
+    champion = ChampionInfo("3", "promote", "2026-01-09T00:00:00+00:00", "2")
+    ok = [_f(c, OK) for c in ("traffic", "drift", "quality", "engineering", "consistency")]
+    decided = monitoring_decision([*ok, finding], champion, CFG.monitoring, "m", "d", now)
+    assert (decided.action, decided.alarms) == (HEALTHY, [])
 
 
 def test_no_golden_set_is_skipped(tmp_path):

@@ -5,7 +5,9 @@ window, every served version) using the drift machinery and thresholds of the da
 golden set is **stale** when that comparison is dataset drift. The finding carries the figures,
 the champion's gap between its golden-set and its delayed-label quality (added by ``decide``),
 and the suggested action: the next golden version built from the newest labelled days that no
-training window in use overlaps (:func:`refresh_range`). With ``golden.refresh_on_stale``
+training window in use overlaps (:func:`refresh_range`) — a breach and an alarm. When those days
+are (or overlap) the current golden set's, nothing fresher is allowed yet: the finding is a
+``warn`` note, no alarm, and the deployment keeps guarding with ``golden_stale_tolerance``. With ``golden.refresh_on_stale``
 ``model_monitoring`` triggers ``golden_dataset`` with that range; the alarm itself never moves
 production.
 """
@@ -16,6 +18,7 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from mlpipeline.monitoring.checks import BREACH, OK, SKIPPED, UNAVAILABLE, Finding
+from mlpipeline.monitoring.decide import WARN
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -120,22 +123,27 @@ def staleness_finding(
             f"(drift share {result.share:.0%})", figures, thresholds,
         )  # fmt: skip
     refresh = refresh_range(dt.date.fromisoformat(day), cfg, in_use, data_start)
-    if refresh is None:
-        action = (
-            "no labelled days outside the training windows in use yet: keep the golden set, rebuild it later"
-        )
-    else:
-        figures["refresh"] = {"start": refresh[0].isoformat(), "end": refresh[1].isoformat()}
-        how = "model_monitoring triggers it" if cfg.golden.refresh_on_stale else "trigger it from the UI"
-        action = (
-            f"build the next golden version from {refresh[0]}..{refresh[1]} (golden_dataset; {how}); "
-            "until then model_deployment guards with golden_stale_tolerance"
-        )
-    figures["suggested_action"] = action
     summary = (
         f"golden set {info.version} ({info.start}..{info.end}) is stale: {', '.join(result.drifted)} drifted "
         f"against the last {cfg.monitoring.drift_window_days} days of traffic ({result.share:.0%} >= "
         f"{cfg.monitoring.drift_share_threshold:.0%})"
+    )
+    if refresh is None or refresh[0] <= info.end:
+        # Nothing fresher is allowed yet: the newest days outside the training windows in use are
+        # (or overlap) the current golden set's. A note, not an alarm, until the windows move on.
+        figures["suggested_action"] = (
+            "none yet: it is the freshest golden set the training windows in use allow; model_deployment "
+            "guards with golden_stale_tolerance"
+        )
+        return Finding(
+            "golden", WARN, f"{summary}; kept: no fresher days outside the training windows in use",
+            figures, thresholds, result.drifted,
+        )  # fmt: skip
+    figures["refresh"] = {"start": refresh[0].isoformat(), "end": refresh[1].isoformat()}
+    how = "model_monitoring triggers it" if cfg.golden.refresh_on_stale else "trigger it from the UI"
+    figures["suggested_action"] = (
+        f"build the next golden version from {refresh[0]}..{refresh[1]} (golden_dataset; {how}); "
+        "until then model_deployment guards with golden_stale_tolerance"
     )
     return Finding("golden", BREACH, summary, figures, thresholds, result.drifted)
 
