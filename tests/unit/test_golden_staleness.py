@@ -100,6 +100,21 @@ def test_a_stale_golden_set_with_nothing_fresher_allowed_is_a_note(lake):
     assert (decided.action, decided.alarms) == (HEALTHY, [])
 
 
+def test_a_golden_set_from_later_in_the_year_is_refreshed_too(tmp_path):
+    """The demo's golden set is December's: a July refresh range (June) lies before it, not in it."""
+    lake = Lake.from_uri(f"file://{tmp_path}")
+    golden = real_rows(n=3000, seed=11)
+    manifest = datasets.build_manifest(
+        name=CFG.golden.name, kind="golden", version="v1", window=(D(2013, 12, 1), D(2013, 12, 30)),
+        frames={"golden": golden}, job_stats={}, quality={}, params={}, golden=None,
+    )  # fmt: skip
+    datasets.publish_golden_frame(lake, golden, manifest)
+    traffic = real_rows(n=4000, seed=13, month=7).assign(score=0.2)
+    finding = staleness_finding(lake, CFG, traffic, FEATURES, CATEGORICAL, "2013-07-15", [], START)
+    assert finding.status == BREACH
+    assert finding.figures["refresh"] == {"start": "2013-06-04", "end": "2013-06-17"}
+
+
 def test_no_golden_set_is_skipped(tmp_path):
     empty = Lake.from_uri(f"file://{tmp_path}")
     finding = staleness_finding(empty, CFG, real_rows(n=200), FEATURES, CATEGORICAL, "2013-01-31", [], START)

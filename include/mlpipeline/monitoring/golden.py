@@ -128,7 +128,7 @@ def staleness_finding(
         f"against the last {cfg.monitoring.drift_window_days} days of traffic ({result.share:.0%} >= "
         f"{cfg.monitoring.drift_share_threshold:.0%})"
     )
-    if refresh is None or refresh[0] <= info.end:
+    if refresh is None or (refresh[0] <= info.end and info.start <= refresh[1]):
         # Nothing fresher is allowed yet: the newest days outside the training windows in use are
         # (or overlap) the current golden set's. A note, not an alarm, until the windows move on.
         figures["suggested_action"] = (
