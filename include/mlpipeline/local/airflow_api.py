@@ -120,12 +120,24 @@ class AirflowApi:
         params.setdefault("limit", 100)
         return self._call("GET", f"/dags/{dag_id}/dagRuns", params=params)["dag_runs"]
 
+    def all_dag_runs(self, dag_id: str, **params: Any) -> list[dict]:
+        """Every run matching ``params``, page after page."""
+        runs: list[dict] = []
+        while True:
+            page = self.dag_runs(dag_id, offset=len(runs), **params)
+            runs += page
+            if len(page) < params.get("limit", 100):
+                return runs
+
     def run_for_day(self, dag_id: str, day: dt.date) -> dict | None:
         """The newest run of ``dag_id`` whose logical date is ``day`` (a backfilled or scheduled day)."""
-        for run in self.dag_runs(dag_id, order_by="-logical_date"):
-            if (run.get("logical_date") or "")[:10] == day.isoformat():
-                return run
-        return None
+        runs = self.dag_runs(
+            dag_id,
+            order_by="-logical_date",
+            logical_date_gte=f"{day.isoformat()}T00:00:00Z",
+            logical_date_lte=f"{day.isoformat()}T23:59:59Z",
+        )
+        return next((r for r in runs if (r.get("logical_date") or "")[:10] == day.isoformat()), None)
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances"
@@ -151,9 +163,15 @@ class AirflowApi:
         wanted = set(logical_dates)
         deadline = time.monotonic() + timeout_s
         states: dict[dt.date, str] = {}
+        # Only the runs of the wanted range, every page of them: a DAG with more runs than one page
+        # (a demo rerun: raw_landing holds 100+ days) must not hide the oldest ones.
+        window = {
+            "logical_date_gte": f"{min(wanted).isoformat()}T00:00:00Z",
+            "logical_date_lte": f"{max(wanted).isoformat()}T23:59:59Z",
+        }
         while True:
             states = {}
-            for run in self.dag_runs(dag_id, order_by="-logical_date"):
+            for run in self.all_dag_runs(dag_id, order_by="-logical_date", **window):
                 if run.get("logical_date"):
                     day = dt.date.fromisoformat(run["logical_date"][:10])
                     if day in wanted and day not in states:
