@@ -158,12 +158,21 @@ def test_approve_one_promotion_and_reject_another(ui, api, demo_stack: DemoStack
         ],
     )
 
+    def idle() -> bool:
+        return not _busy(api, "model_training") and not _busy(api, "model_deployment")
+
     def settled_or_waiting():
         waiting = _awaiting_approval(api)
         if waiting:
             return waiting
-        idle = not _busy(api, "model_training") and not _busy(api, "model_deployment")
-        return ["idle"] if idle else None
+        if idle():
+            # Twice, a while apart: a finished training run's asset event may not have become a
+            # deployment run yet; left waiting for approval, it would hold model_deployment's one
+            # active run and the re-judge below would queue behind it for good.
+            time.sleep(15)
+            if idle() and not _awaiting_approval(api):
+                return ["idle"]
+        return None
 
     decisions: dict[str, str] = {}
     while True:
@@ -192,6 +201,9 @@ def test_approve_one_promotion_and_reject_another(ui, api, demo_stack: DemoStack
     july = max(
         (v for v in versions if v.tags.get("dataset_version", "").startswith("2013-07")),
         key=lambda v: int(v.version),
+    )
+    assert not _awaiting_approval(api), (
+        "a deployment still waits for approval: the re-judge would queue behind it"
     )
     before = {r["dag_run_id"] for r in _runs(api, "model_deployment")}
     ui.open_trigger_form("model_deployment")
