@@ -29,6 +29,7 @@ _SESSION: dict[str, object] = {}
 
 from stack_fixtures import (  # noqa: E402
     demo_stack,  # noqa: F401  (the shared running stack, a session fixture)
+    distributed_stack,  # noqa: F401  (the distributed profile's running stack)
     start_background_demo,
     stop_unclaimed_demo,
 )
@@ -118,11 +119,11 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(trylast=True)
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Stack tests selected: start the shared stack's demo now, beside the other tests."""
-    if (
-        any(item.get_closest_marker("stack") for item in session.items)
-        and not session.config.option.collectonly
-    ):
-        start_background_demo(session_dir_path() / "stack")
+    if session.config.option.collectonly:
+        return
+    for profile, marker in (("embedded", "stack"), ("distributed", "distributed")):
+        if any(item.get_closest_marker(marker) for item in session.items):
+            start_background_demo(session_dir_path() / f"stack-{profile}", profile)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -148,11 +149,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if config.getoption("--metadata-db") == "postgres":
         # The PostgreSQL pass only re-runs what touches the metadata DB.
         items[:] = [item for item in items if item.get_closest_marker("metadata")]
+
     # The tests on the shared running stack go last (in file order): the stack starts once, and
     # its session-scoped fixture stops it right after them, at the end of the session.
-    items[:] = [i for i in items if not i.get_closest_marker("stack")] + [
-        i for i in items if i.get_closest_marker("stack")
-    ]
+    # The distributed stack's tests come after them, and its stack stops after its tests.
+    def rank(item: pytest.Item) -> int:
+        return 2 if item.get_closest_marker("distributed") else 1 if item.get_closest_marker("stack") else 0
+
+    items.sort(key=rank)  # stable: file order within each group
 
 
 def session_dir_path() -> Path:

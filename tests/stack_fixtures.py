@@ -80,10 +80,11 @@ class BackgroundDemo:
     knows it will run stack tests: the stack comes up and the demo runs while the other tests
     do (most of both is waiting on schedulers and servers); the stack tests wait for it."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, profile: str = "embedded") -> None:
         from e2e.dataset_helpers import write_test_config
 
         self.root = root
+        self.profile = profile
         self.state = root / "state"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLP_"))}
         self.config = write_test_config(root / "pipeline.yaml")
@@ -101,6 +102,8 @@ class BackgroundDemo:
                 "MLP_ADMIN_PASSWORD": ADMIN_PASSWORD,
             }
         )
+        if profile == "distributed":
+            env.update(distributed_environment())
         self.env = env
         self.stdout_path, self.stderr_path = root / "demo.stdout", root / "demo.stderr"
         with self.stdout_path.open("w") as out, self.stderr_path.open("w") as err:
@@ -132,36 +135,86 @@ class BackgroundDemo:
         run_cli(self.env, "down", timeout=120)
 
 
+#: Redis database of the test session's distributed stack (emptied before it starts).
+TEST_REDIS_DB = 13
+
+
+def distributed_environment() -> dict[str, str]:
+    """The distributed profile on free ports, its own databases and its own Redis database."""
+    import uuid
+
+    import redis
+
+    redis_url = f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
+    redis.Redis.from_url(redis_url).flushdb()
+    return {
+        "MLP_STACK": "distributed",
+        "MLP_DATABASE_PREFIX": f"mlp_stack_{uuid.uuid4().hex[:8]}",
+        "MLP_REDIS_URL": redis_url,
+        "MLP_S3_PORT": str(free_port()),
+        "MLP_SPARK_MASTER_PORT": str(free_port()),
+    }
+
+
 _BACKGROUND: dict[str, BackgroundDemo] = {}
 
 
-def start_background_demo(root: Path) -> None:
-    """Start the shared stack's demo now (once per session; not when attaching to a stack)."""
-    if "demo" not in _BACKGROUND and not os.environ.get("TEST_ATTACH_STACK"):
+def start_background_demo(root: Path, profile: str = "embedded") -> None:
+    """Start a shared stack's demo now (once per session and profile; not when attaching)."""
+    if profile not in _BACKGROUND and not os.environ.get("TEST_ATTACH_STACK"):
         root.mkdir(parents=True, exist_ok=True)
-        _BACKGROUND["demo"] = BackgroundDemo(root)
+        _BACKGROUND[profile] = BackgroundDemo(root, profile)
 
 
 def stop_unclaimed_demo() -> None:
-    demo = _BACKGROUND.get("demo")
-    if demo is not None and not demo.claimed:
-        demo.abandon()
+    for demo in _BACKGROUND.values():
+        if not demo.claimed:
+            demo.abandon()
+            if demo.profile == "distributed":
+                drop_stack_databases(demo.env["MLP_DATABASE_PREFIX"])
+
+
+def drop_stack_databases(prefix: str) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(
+        "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT"
+    )
+    with engine.connect() as conn:
+        for purpose in ("airflow", "mlflow"):
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{prefix}_{purpose}" WITH (FORCE)'))
+    engine.dispose()
 
 
 @pytest.fixture(scope="session")
 def demo_stack(tmp_path_factory) -> Iterator[DemoStack]:
     """The background demo's stack (started at collection, ``tests/conftest.py``); ``down`` at
     the end of the session, checking that no process survives it."""
-    from mlpipeline.local.stack import _group_alive
-
     attach = os.environ.get("TEST_ATTACH_STACK")
     if attach:
         # Development only: run the stack tests against a stack that is already up (its MLP_*
         # settings in the file named here); no demo, no down.
         yield _attached(Path(attach))
         return
-    start_background_demo(tmp_path_factory.mktemp("stack"))  # no-op when collection started it
-    demo = _BACKGROUND["demo"]
+    yield from _claim(tmp_path_factory, "embedded")
+
+
+@pytest.fixture(scope="session")
+def distributed_stack(tmp_path_factory) -> Iterator[DemoStack]:
+    """The distributed profile's background demo (``tests/conftest.py``); ``down`` at the end of
+    the session, checking that no process survives it; its databases dropped."""
+    try:
+        yield from _claim(tmp_path_factory, "distributed")
+    finally:
+        drop_stack_databases(_BACKGROUND["distributed"].env["MLP_DATABASE_PREFIX"])
+
+
+def _claim(tmp_path_factory, profile: str) -> Iterator[DemoStack]:
+    from mlpipeline.local.stack import _group_alive
+
+    # No-op when collection started it.
+    start_background_demo(tmp_path_factory.mktemp(f"stack-{profile}"), profile)
+    demo = _BACKGROUND[profile]
     demo.claimed = True
     first = demo.result(timeout_s=2400)
     env, state = demo.env, demo.state

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import os
 import sys
 
@@ -249,7 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     quiet_progress_bars()
     args = build_parser().parse_args(argv)
     try:
-        get_settings()
+        from mlpipeline.local.stack import client_environment
+
+        for key, value in client_environment(get_settings()).items():
+            os.environ.setdefault(key, value)  # the distributed stack's lake, for this process too
+        # An S3 lake: the provider logs "credentials retrieved" at INFO each time it connects.
+        logging.getLogger("airflow.providers.amazon.aws.utils.connection_wrapper").setLevel(logging.WARNING)
         return args.func(args)
     except SettingsError as err:
         print(f"error: {err}", file=sys.stderr)

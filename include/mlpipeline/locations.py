@@ -29,7 +29,10 @@ TRAINING = "training"
 TREE: tuple[tuple[str, str], ...] = (
     ("raw/<table>/dt=YYYY-MM-DD/", "landed raw partition (commit marker _SUCCESS)"),
     ("raw/_profiles/dt=YYYY-MM-DD/<hash>.json", "profile of a raw day (history checks of the gate)"),
-    ("datasets/<name>/ds=YYYY-MM-DD/", "published training dataset (train/, validation/, recent/, manifest.json)"),
+    (
+        "datasets/<name>/ds=YYYY-MM-DD/",
+        "published training dataset (train/, validation/, recent/, manifest.json)",
+    ),
     ("golden/<name>/<version>/", "frozen golden set (manifest with content hash)"),
     ("quarantine/<name>/ds=YYYY-MM-DD/", "data that failed the quality gate"),
     ("reports/quality/<name>/<version>/", "quality gate summary.md + validation.json"),

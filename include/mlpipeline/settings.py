@@ -11,8 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import os
+import typing
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -77,6 +78,36 @@ class Settings(BaseModel):
     demo_last_version: dt.date = Field(
         default=dt.date(2013, 2, 1), description="Last dataset version `make demo` backfills."
     )
+
+    # --- which stack `make up` starts ---------------------------------------------------
+    stack: Literal["embedded", "distributed"] = Field(
+        default="embedded",
+        description="embedded: SQLite, LocalExecutor, file lake, Spark Connect local[2]. distributed: "
+        "PostgreSQL, CeleryExecutor + Redis with several workers, an S3 lake, MLflow on PostgreSQL + S3, "
+        "a Spark standalone cluster (README, 'What runs where').",
+    )
+    postgres_url: str = Field(
+        default="postgresql://postgres@127.0.0.1:5432",
+        description="distributed: PostgreSQL server (no database part); the stack creates its databases.",
+    )
+    database_prefix: str = Field(
+        default="mlpipeline",
+        description="distributed: names of the stack's databases, <prefix>_airflow and <prefix>_mlflow.",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="distributed: Celery broker (Redis)."
+    )
+    celery_workers: int = Field(default=2, ge=1, le=8, description="distributed: Celery workers started.")
+    celery_concurrency: int = Field(default=2, ge=1, le=16, description="distributed: task slots per worker.")
+    s3_endpoint_url: str = Field(
+        default="",
+        description="distributed: S3 endpoint of the lake and MLflow artifacts; empty = the stack's own "
+        "S3 server (moto) on <host>:<s3_port>.",
+    )
+    s3_port: Port = Field(default=9000, description="distributed: the stack's own S3 server port.")
+    s3_bucket: str = Field(default="mlpipeline", description="distributed: bucket of the lake and artifacts.")
+    spark_master_port: Port = Field(default=7077, description="distributed: Spark standalone master port.")
+    spark_workers: int = Field(default=2, ge=1, le=8, description="distributed: Spark standalone workers.")
 
     # --- embedded stack ----------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Address every local service binds.")
@@ -164,9 +195,26 @@ class Settings(BaseModel):
         return self
 
     @property
+    def distributed(self) -> bool:
+        return self.stack == "distributed"
+
+    @property
     def resolved_lake_uri(self) -> str:
-        """The lake root as a URI (the default lake lives under the state dir)."""
-        return self.lake_uri or f"file://{(self.state_dir / 'lake').resolve()}"
+        """The lake root as a URI (embedded: under the state dir; distributed: in the S3 bucket)."""
+        if self.lake_uri:
+            return self.lake_uri
+        if self.distributed:
+            return f"s3://{self.s3_bucket}/lake"
+        return f"file://{(self.state_dir / 'lake').resolve()}"
+
+    @property
+    def resolved_s3_endpoint(self) -> str:
+        return self.s3_endpoint_url or f"http://{self.host}:{self.s3_port}"
+
+    def database_url(self, purpose: str, driver: str = "postgresql") -> str:
+        """SQLAlchemy URL of the distributed stack's ``<prefix>_<purpose>`` database."""
+        server = self.postgres_url.rstrip("/").split("://", 1)[1]
+        return f"{driver}://{server}/{self.database_prefix}_{purpose}"
 
     @property
     def resolved_mlflow_uri(self) -> str:
@@ -188,6 +236,8 @@ class Settings(BaseModel):
 def _expected_form(field_name: str) -> str:
     field = Settings.model_fields[field_name]
     kind = {dt.date: "a date YYYY-MM-DD", int: "an integer", Path: "a path", str: "a string"}
+    if typing.get_origin(field.annotation) is Literal:
+        return "one of " + ", ".join(typing.get_args(field.annotation))
     base = kind.get(field.annotation, str(field.annotation))
     if field.metadata:
         bounds = ", ".join(

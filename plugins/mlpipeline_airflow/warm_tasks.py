@@ -8,7 +8,8 @@ mlflow 9 s, xgboost 9 s, evidently 20 s, all of them together 33 s — paid toda
 gate, training, evaluation and monitoring task. The scheduler pays it once, at start-up; the
 tasks' own ``import`` statements (inside task bodies, as the house rules want) become lookups.
 
-Only the scheduler preloads (the api-server, dag-processor and triggerer never run tasks), and
+Only the scheduler (and a Celery worker, whose prefork pool forks the same way) preloads (the
+api-server, dag-processor and triggerer never run tasks), and
 only what ``MLP_PRELOAD_MODULES`` lists (comma-separated; empty: off). Importing these starts no
 thread (checked: ``threading.enumerate()`` after importing them all), so forking stays safe. A
 module that fails to import is logged and skipped: the task that needs it fails with the real
@@ -38,9 +39,12 @@ def modules_to_preload(environ: dict[str, str] | None = None) -> list[str]:
 
 
 def is_scheduler(argv: list[str] | None = None) -> bool:
-    """True in ``airflow scheduler`` (the process LocalExecutor workers fork from)."""
+    """True in the processes tasks fork from: ``airflow scheduler`` (LocalExecutor workers) and
+    ``airflow celery worker`` (its prefork pool; the distributed profile)."""
     args = sys.argv if argv is None else argv
-    return len(args) > 1 and os.path.basename(args[0]) == "airflow" and args[1] == "scheduler"
+    if len(args) < 2 or os.path.basename(args[0]) != "airflow":
+        return False
+    return args[1] == "scheduler" or args[1:3] == ["celery", "worker"]
 
 
 def preload(names: list[str]) -> dict[str, float]:

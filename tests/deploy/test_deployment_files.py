@@ -34,10 +34,13 @@ AIRFLOW_SERVICES = {
     "airflow-scheduler",
     "airflow-dag-processor",
     "airflow-triggerer",
+    "airflow-worker",
+    "flower",
 }
 ONE_SHOT_SERVICES = {"airflow-init", "minio-init"}
 REQUIRED_SERVICES = AIRFLOW_SERVICES | {
     "postgres",
+    "redis",
     "minio",
     "minio-init",
     "mlflow",
@@ -244,7 +247,7 @@ def test_compose_has_no_version_key_and_all_services(compose: dict) -> None:
 def test_project_services_build_the_one_image(
     services: dict[str, dict], project_services: dict[str, dict]
 ) -> None:
-    third_party = {"postgres", "minio", "minio-init"}
+    third_party = {"postgres", "redis", "minio", "minio-init"}
     expected = REQUIRED_SERVICES - third_party
     assert expected <= set(project_services), (
         f"not on {PROJECT_IMAGE}: {sorted(expected - set(project_services))}"
@@ -271,7 +274,7 @@ def test_project_services_have_the_environment_they_need(
         env = env_of(project_services[name])
         missing = AIRFLOW_ENV - set(env)
         assert not missing, f"{name} lacks Airflow settings {sorted(missing)}"
-        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor", name
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
         assert env["AIRFLOW__CORE__LOAD_EXAMPLES"].lower() == "false", name
     mlflow_env = env_of(project_services["mlflow"])
     for key in ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
@@ -401,6 +404,29 @@ def test_healthchecks_probe_the_expected_endpoints(services: dict[str, dict]) ->
     assert "/health" in probe("mlflow")
     assert ":8000/health" in probe("model-server")
     assert "pg_isready" in probe("postgres")
+    assert "redis-cli ping" in probe("redis")
+    assert "inspect ping" in probe("airflow-worker")
+
+
+def test_celery_topology(services: dict[str, dict]) -> None:
+    """The official compose's Celery shape: Redis broker, results in the Airflow database,
+    several workers, and one staging volume shared by the workers and the Spark workers."""
+    from sqlalchemy.engine import make_url
+
+    env = {k: interpolate(v, TEST_ENV) for k, v in env_of(services["airflow-scheduler"]).items()}
+    assert urlsplit(env["AIRFLOW__CELERY__BROKER_URL"]).hostname == "redis"
+    backend = make_url(env["AIRFLOW__CELERY__RESULT_BACKEND"].removeprefix("db+"))
+    assert (backend.host, backend.database) == ("postgres", "airflow")
+    assert env["AIRFLOW__CELERY__TASK_ACKS_LATE"] == "True"
+    worker = services["airflow-worker"]
+    assert worker["deploy"]["replicas"] >= 2
+    assert "celery worker" in " ".join(command_of(worker))
+    assert dependencies(worker)["redis"] == "service_healthy"
+    staging = env["MLP_STATE_DIR"]
+    for name in ("airflow-worker", "spark-worker"):
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in services[name]["volumes"]}
+        assert mounts.get(staging) == "mlp-state", f"{name} does not share the staging volume: {mounts}"
+    assert services["flower"]["profiles"] == ["flower"]
 
 
 def test_no_literal_secrets(compose: dict) -> None:

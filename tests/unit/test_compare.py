@@ -58,7 +58,8 @@ def test_first_model_is_promoted_when_it_loads_and_fits_the_budgets():
     ("engineering", "rule"),
     [
         ({**GOOD_ENGINEERING, "batch_rows": 0}, "loads_and_scores"),
-        ({**GOOD_ENGINEERING, "single_row_p99_ms": 7.5}, "latency_budget"),
+        ({**GOOD_ENGINEERING, "single_row_p99_ms": 7.5}, "latency_budget"),  # an old report: wall time
+        ({**GOOD_ENGINEERING, "single_row_cpu_p99_ms": 6.0}, "latency_budget"),
         ({**GOOD_ENGINEERING, "model_bytes": 60_000_000}, "memory_budget"),
     ],
 )
@@ -69,6 +70,16 @@ def test_budgets_reject_even_the_first_model(engineering, rule):
     assert decision["decision"] == "reject"
     assert _failed(decision) == [rule]
     assert decision["reasons"][0].startswith(f"{rule}: ")
+
+
+def test_the_latency_budget_judges_cpu_time_not_a_busy_machine_s_wall_time():
+    busy = {**GOOD_ENGINEERING, "single_row_p99_ms": 18.1, "single_row_cpu_p99_ms": 1.1}
+    decision = promotion_decision(
+        _evaluation(busy, champion=False), CFG, "2013-01-28", None, has_champion=False
+    )
+    assert decision["decision"] == "promote", decision["reasons"]
+    latency = next(r for r in decision["rules"] if r["rule"] == "latency_budget")
+    assert latency["detail"] == "single-row p99 1.100 ms of CPU, 18.100 ms wall (budget 5.0 ms of CPU)"
 
 
 def test_a_better_fresher_challenger_is_promoted():

@@ -307,4 +307,5 @@ def test_engineering_check_uses_the_server_path(model_dirs):
     report = measure(model_dirs["2"], ROWS, repeats=300)
     assert report.batch_rows == len(ROWS)
     assert 0 < report.single_row_p50_ms <= report.single_row_p99_ms < 50
+    assert 0 < report.single_row_cpu_p99_ms < 50
     assert report.model_bytes > 1000

@@ -137,3 +137,72 @@ def test_revive_restarts_a_dead_service_but_not_a_stopped_one(paths, tmp_path, m
     assert again.pid != first.pid
     assert stack.revive(settings) == []  # alive now: nothing to do
     stack.down(settings, grace_s=5)
+
+
+# ------------------------------------------------------------------ the distributed profile
+
+
+def distributed(tmp_path: Path, **values: str):
+    env = {"MLP_STATE_DIR": str(tmp_path / "state"), "MLP_STACK": "distributed", **values}
+    return load_settings(env)
+
+
+def test_distributed_profile_is_the_compose_topology(tmp_path):
+    settings = distributed(tmp_path, MLP_CELERY_WORKERS="2", MLP_DATABASE_PREFIX="p1")
+    services = {s.name: s for s in stack.services(settings, stack.StackPaths(settings.state_dir))}
+    assert list(services) == [
+        "s3", "spark-master", "spark-worker-1", "spark-worker-2", "mlflow", "airflow-api-server",
+        "airflow-scheduler", "airflow-worker-1", "airflow-worker-2", "model-server",
+        "airflow-dag-processor", "airflow-triggerer",
+    ]  # fmt: skip
+    worker = services["airflow-worker-2"]
+    assert worker.argv[1:3] == ["celery", "worker"]
+    assert worker.env[stack.WORKER_NAME_ENV] == "worker-2"
+    env = services["airflow-scheduler"].env
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("@127.0.0.1:5432/p1_airflow")
+    assert env["AIRFLOW__CELERY__BROKER_URL"] == settings.redis_url
+    assert env["MLP_LAKE_URI"] == "s3://mlpipeline/lake"
+    assert env["MLP_PRELOAD_MODULES"] == ""  # the workers run the tasks, so they preload
+    assert worker.env["MLP_PRELOAD_MODULES"]
+    assert stack.spark_connection(settings) == {
+        "conn_type": "spark",
+        "host": "spark://127.0.0.1",
+        "port": 7077,
+    }
+    mlflow = services["mlflow"].argv
+    assert mlflow[mlflow.index("--backend-store-uri") + 1].endswith("/p1_mlflow")
+    assert mlflow[mlflow.index("--artifacts-destination") + 1] == "s3://mlpipeline/mlflow"
+    assert services["mlflow"].env["MLFLOW_S3_ENDPOINT_URL"] == settings.resolved_s3_endpoint
+
+
+def test_an_external_s3_endpoint_starts_no_s3_server(tmp_path):
+    settings = distributed(tmp_path, MLP_S3_ENDPOINT_URL="https://s3.eu-west-1.amazonaws.com")
+    names = [s.name for s in stack.services(settings, stack.StackPaths(settings.state_dir))]
+    assert "s3" not in names
+
+
+def test_one_state_dir_holds_one_kind_of_stack(tmp_path):
+    embedded = load_settings({"MLP_STATE_DIR": str(tmp_path / "state")})
+    paths = stack.StackPaths(embedded.state_dir)
+    paths.ensure()
+    stack.check_profile(embedded, paths)
+    with pytest.raises(stack.StackError, match=r"holds a embedded stack's state"):
+        stack.check_profile(distributed(tmp_path), paths)
+    assert stack.as_recorded(distributed(tmp_path)).stack == "embedded"  # status/down name its services
+
+
+def test_unreachable_postgres_and_redis_are_named(tmp_path):
+    closed = _closed_port()
+    with pytest.raises(stack.StackError, match=rf"PostgreSQL at postgresql://postgres@127.0.0.1:{closed}"):
+        stack.ensure_databases(
+            distributed(tmp_path, MLP_POSTGRES_URL=f"postgresql://postgres@127.0.0.1:{closed}")
+        )
+    with pytest.raises(stack.StackError, match=rf"Redis at redis://127.0.0.1:{closed}/0 is not reachable"):
+        stack.check_redis(distributed(tmp_path, MLP_REDIS_URL=f"redis://127.0.0.1:{closed}/0"))
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -14,9 +14,11 @@ def test_modules_come_from_the_variable_and_empty_means_off():
     assert warm_tasks.modules_to_preload({}) == []
 
 
-def test_only_the_scheduler_preloads():
+def test_only_the_processes_tasks_fork_from_preload():
     assert warm_tasks.is_scheduler(["/venv/bin/airflow", "scheduler"])
+    assert warm_tasks.is_scheduler(["/venv/bin/airflow", "celery", "worker", "--concurrency", "2"])
     for argv in (
+        ["/venv/bin/airflow", "celery", "flower"],
         ["/venv/bin/airflow", "api-server"],
         ["/venv/bin/airflow", "dag-processor"],
         ["/venv/bin/airflow", "triggerer"],

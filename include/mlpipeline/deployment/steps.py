@@ -169,7 +169,11 @@ def evaluate_candidate(
         else None,
         "bootstrap": evaluation.bootstrap,
         "judged_on": report["judged_on"],
-        "engineering": {k: engineering[k] for k in ("single_row_p99_ms", "model_bytes")},
+        "engineering": {
+            k: engineering[k]
+            for k in ("single_row_p99_ms", "single_row_cpu_p99_ms", "model_bytes")
+            if k in engineering
+        },
         **urls,
     }
 
@@ -398,7 +402,7 @@ def render_html(report: dict[str, Any]) -> str:
 <h2>Calibration (golden set)</h2><img alt="calibration" src="data:image/png;base64,{_calibration_png(ev["calibration"])}">
 <h2>Engineering (serving code path)</h2>
 <p>load {eng["load_seconds"]:.3f} s; batch of {eng["batch_rows"]} rows {eng["batch_seconds"] * 1000:.1f} ms;
-single-row p50 {eng["single_row_p50_ms"]:.3f} ms, p99 {eng["single_row_p99_ms"]:.3f} ms; model {eng["model_bytes"]:,} bytes</p>
+single-row p50 {eng["single_row_p50_ms"]:.3f} ms, p99 {eng["single_row_p99_ms"]:.3f} ms wall, {eng.get("single_row_cpu_p99_ms", float("nan")):.3f} ms CPU; model {eng["model_bytes"]:,} bytes</p>
 <p>Data window end: challenger {esc(str(report["challenger_data_window_end"]))}, champion {esc(str(report["champion_data_window_end"]))}</p>
 </body></html>"""
 

@@ -295,10 +295,14 @@ def promotion_decision(
         eng.get("batch_rows", 0) > 0,
         f"scored {eng.get('batch_rows', 0)} golden rows through the serving code path",
     )
+    # The CPU time per request is judged (engineering.measure: load on the machine inflates wall
+    # time, not CPU time); a report without it (older versions) is judged on wall time.
+    judged = eng.get("single_row_cpu_p99_ms", eng.get("single_row_p99_ms", float("inf")))
     rule(
         "latency_budget",
-        eng.get("single_row_p99_ms", float("inf")) <= cfg.max_p99_latency_ms,
-        f"single-row p99 {eng.get('single_row_p99_ms', float('nan')):.3f} ms (budget {cfg.max_p99_latency_ms} ms)",
+        judged <= cfg.max_p99_latency_ms,
+        f"single-row p99 {judged:.3f} ms of CPU, {eng.get('single_row_p99_ms', float('nan')):.3f} ms wall "
+        f"(budget {cfg.max_p99_latency_ms} ms of CPU)",
     )
     rule(
         "memory_budget",

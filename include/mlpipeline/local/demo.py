@@ -301,7 +301,12 @@ def evaluation_lines(lake: Lake, model: str, version: str) -> list[str]:
 def run(settings: Settings) -> int:
     cfg = get_pipeline_config()
     started = time.monotonic()
-    print("Starting the embedded stack (Airflow, MLflow)…", flush=True)
+    what = {
+        "embedded": "Airflow on SQLite with the LocalExecutor, MLflow, Spark Connect, a file lake",
+        "distributed": f"Airflow on PostgreSQL with the CeleryExecutor and {settings.celery_workers} workers, "
+        f"MLflow on PostgreSQL + S3, a Spark cluster of {settings.spark_workers} workers, an S3 lake",
+    }[settings.stack]
+    print(f"Starting the {settings.stack} stack ({what})…", flush=True)
     stack.up(settings)
     watchdog = _Watchdog(settings)
     watchdog.start()

@@ -1,5 +1,11 @@
-"""The embedded stack: Airflow 3 (api-server, scheduler, dag-processor, triggerer) and MLflow
-as local processes, with every piece of state under ``MLP_STATE_DIR`` (``.local/``).
+"""The local stacks: every service a local process, every piece of state under ``MLP_STATE_DIR``.
+
+``MLP_STACK=embedded`` (default): Airflow 3 (api-server, scheduler, dag-processor, triggerer) on
+SQLite with the LocalExecutor, MLflow on SQLite, a Spark Connect server, a file lake.
+``MLP_STACK=distributed``: the production shape (``docker-compose.yaml``) without Docker —
+Airflow on PostgreSQL with the CeleryExecutor (Redis) and several Celery workers, an S3 server
+holding the lake and MLflow's artifacts, MLflow on PostgreSQL, a Spark standalone master and
+workers; PostgreSQL and Redis are the machine's own (``MLP_POSTGRES_URL``, ``MLP_REDIS_URL``).
 
 ``up`` is idempotent (running services are left alone), waits for health with a timeout and
 names the process and its log file when something fails; ``down`` stops exactly the process
@@ -75,8 +81,15 @@ def load_or_create_secrets(paths: StackPaths, settings: Settings) -> dict[str, s
     paths.ensure()
     stored = product_secrets.load_or_create(paths.state_dir, settings)
     # SimpleAuthManager keeps a user's password once it is in this file: writing it fixes the login.
-    paths.passwords_file.write_text(json.dumps({settings.admin_user: stored["admin_password"]}))
-    paths.passwords_file.chmod(0o600)
+    # Only when it changes, and whole (the api-server reads it at every login: a truncated file
+    # in between is a 401).
+    content = json.dumps({settings.admin_user: stored["admin_password"]})
+    current = paths.passwords_file.read_text() if paths.passwords_file.exists() else None
+    if current != content:
+        fresh = paths.passwords_file.with_suffix(".json.new")
+        fresh.write_text(content)
+        fresh.chmod(0o600)
+        fresh.replace(paths.passwords_file)
     return stored
 
 
@@ -137,6 +150,8 @@ def airflow_environment(
         # made fits 10-40x slower whenever another process wanted a core (bench/training.py).
         "OMP_WAIT_POLICY": "PASSIVE",
     }
+    if settings.distributed:
+        env.update(distributed_airflow_environment(settings))
     for key in ("AIRFLOW_CONN_SPARK_DEFAULT", "AIRFLOW_CONN_MLFLOW_DEFAULT", "AIRFLOW_CONN_AWS_DEFAULT"):
         if key in os.environ:
             env[key] = os.environ[key]
@@ -144,8 +159,55 @@ def airflow_environment(
     return env
 
 
+def distributed_airflow_environment(settings: Settings) -> dict[str, str]:
+    """What the distributed profile changes: PostgreSQL, Celery on Redis, the S3 lake."""
+    from mlpipeline.local import s3_server
+
+    return {
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings.database_url("airflow", "postgresql+psycopg2"),
+        "AIRFLOW__CELERY__BROKER_URL": settings.redis_url,
+        "AIRFLOW__CELERY__RESULT_BACKEND": settings.database_url("airflow", "db+postgresql"),
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(settings.celery_concurrency),
+        # A task whose worker died is re-queued, not lost (the broker keeps it until acked).
+        "AIRFLOW__CELERY__TASK_ACKS_LATE": "True",
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "21600",
+        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "mlpipeline.local.stack.worker_hostname",
+        "MLP_LAKE_URI": settings.resolved_lake_uri,
+        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
+            {
+                "conn_type": "aws",
+                "login": s3_server.ACCESS_KEY,
+                "password": s3_server.SECRET_KEY,
+                "extra": {"endpoint_url": settings.resolved_s3_endpoint, "region_name": s3_server.REGION},
+            }
+        ),
+    }
+
+
+def client_environment(settings: Settings) -> dict[str, str]:
+    """What a process outside the stack (the CLI, the demo, a test) needs to reach its lake."""
+    if not settings.distributed:
+        return {}
+    env = distributed_airflow_environment(settings)
+    return {key: env[key] for key in ("MLP_LAKE_URI", "AIRFLOW_CONN_AWS_DEFAULT")}
+
+
+#: Set on each Celery worker: the name its task instances record (Airflow's ``hostname``), so
+#: the UI and the API tell the workers of one machine apart.
+WORKER_NAME_ENV = "MLPIPELINE_WORKER_NAME"
+
+
+def worker_hostname() -> str:
+    """``[core] hostname_callable`` of the distributed profile: the worker's name, or the FQDN."""
+    return os.environ.get(WORKER_NAME_ENV) or socket.getfqdn()
+
+
 def spark_connection(settings: Settings) -> dict:
-    """``spark_default``: the stack's Spark Connect server, or spark-submit to ``local[2]``."""
+    """``spark_default``: the cluster's master (distributed), the stack's Spark Connect server,
+    or spark-submit to ``local[2]``."""
+    if settings.distributed:
+        return {"conn_type": "spark", "host": f"spark://{settings.host}", "port": settings.spark_master_port}
     if settings.spark_connect:
         return {"conn_type": "spark_connect", "host": settings.host, "port": settings.spark_connect_port}
     return {"conn_type": "spark", "host": "local[2]"}
@@ -203,8 +265,7 @@ class Service:
 
 
 def services(settings: Settings, paths: StackPaths) -> list[Service]:
-    """The embedded stack, in start order."""
-    bin_dir = venv_bin()
+    """The stack of ``settings.stack``, in start order."""
     secrets_ = load_or_create_secrets(paths, settings)
     af_env = airflow_environment(
         settings,
@@ -214,50 +275,142 @@ def services(settings: Settings, paths: StackPaths) -> list[Service]:
             "AIRFLOW__API__SECRET_KEY": secrets_["api_secret_key"],
         },
     )
-    mlflow_db = (paths.mlflow_dir / "mlflow.db").resolve()
-    host = settings.host
-    spark = [spark_connect_service(settings, paths)] if settings.spark_connect else []
+    if settings.distributed:
+        first = [*s3_services(settings, paths), *spark_cluster_services(settings, paths)]
+        mlflow_store = settings.database_url("mlflow")
+        artifacts = f"s3://{settings.s3_bucket}/mlflow"
+        workers = celery_worker_services(settings, af_env)
+    else:
+        first = [spark_connect_service(settings, paths)] if settings.spark_connect else []
+        mlflow_store = f"sqlite:///{(paths.mlflow_dir / 'mlflow.db').resolve()}"
+        artifacts = str((paths.mlflow_dir / "artifacts").resolve())
+        workers = []
     return [
-        *spark,
-        Service(
-            "mlflow",
-            [
-                str(bin_dir / "mlflow"),
-                "server",
-                "--backend-store-uri",
-                f"sqlite:///{mlflow_db}",
-                "--artifacts-destination",
-                str((paths.mlflow_dir / "artifacts").resolve()),
-                "--host",
-                host,
-                "--port",
-                str(settings.mlflow_port),
-                "--workers",
-                "1",
-            ],
-            port=settings.mlflow_port,
-            health_url=f"{settings.mlflow_url}/health",
-            # The job runner (GenAI evaluation jobs) starts ~7 huey worker processes: not needed here.
-            env={"PATH": af_env["PATH"], "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        ),
-        Service(
-            "airflow-api-server",
-            [str(bin_dir / "airflow"), "api-server", "--host", host, "--port", str(settings.airflow_port)],
-            port=settings.airflow_port,
-            health_url=f"{settings.airflow_url}/api/v2/monitor/health",
-            env=af_env,
-        ),
-        Service("airflow-scheduler", [str(bin_dir / "airflow"), "scheduler"], env=af_env),
+        *first,
+        mlflow_service(settings, mlflow_store, artifacts, af_env),
+        airflow_service("airflow-api-server", ["api-server", "--host", settings.host, "--port",
+                                               str(settings.airflow_port)], af_env,
+                        port=settings.airflow_port, health_url=f"{settings.airflow_url}/api/v2/monitor/health"),
+        # Under Celery the scheduler runs no task: only the workers preload (warm_tasks.py).
+        airflow_service("airflow-scheduler", ["scheduler"],
+                        {**af_env, "MLP_PRELOAD_MODULES": ""} if workers else af_env),
+        *workers,
         Service(
             "model-server",
-            [str(bin_dir / "python"), "-m", "mlpipeline.serving"],
+            [str(venv_bin() / "python"), "-m", "mlpipeline.serving"],
             port=settings.serving_port,
             health_url=f"{settings.serving_url}/health",
             env=af_env,
         ),
-        Service("airflow-dag-processor", [str(bin_dir / "airflow"), "dag-processor"], env=af_env),
-        Service("airflow-triggerer", [str(bin_dir / "airflow"), "triggerer"], env=af_env),
-    ]
+        airflow_service("airflow-dag-processor", ["dag-processor"], af_env),
+        airflow_service("airflow-triggerer", ["triggerer"], af_env),
+    ]  # fmt: skip
+
+
+def airflow_service(name: str, args: list[str], env: dict[str, str], **kwargs) -> Service:
+    return Service(name, [str(venv_bin() / "airflow"), *args], env=env, **kwargs)
+
+
+def mlflow_service(settings: Settings, store: str, artifacts: str, af_env: dict[str, str]) -> Service:
+    """The MLflow tracking server; it proxies artifacts, so tasks need no storage credentials."""
+    env = {"PATH": af_env["PATH"], "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    if artifacts.startswith("s3://"):
+        env.update(s3_client_environment(settings))
+    return Service(
+        "mlflow",
+        [str(venv_bin() / "mlflow"), "server", "--backend-store-uri", store, "--artifacts-destination",
+         artifacts, "--host", settings.host, "--port", str(settings.mlflow_port), "--workers", "1"],
+        port=settings.mlflow_port,
+        health_url=f"{settings.mlflow_url}/health",
+        # The job runner (GenAI evaluation jobs) starts ~7 huey worker processes: not needed here.
+        env=env,
+    )  # fmt: skip
+
+
+def s3_client_environment(settings: Settings) -> dict[str, str]:
+    """boto3's view of the stack's S3 (MLflow's artifact store)."""
+    from mlpipeline.local import s3_server
+
+    return {
+        "MLFLOW_S3_ENDPOINT_URL": settings.resolved_s3_endpoint,
+        "AWS_ACCESS_KEY_ID": s3_server.ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": s3_server.SECRET_KEY,
+        "AWS_DEFAULT_REGION": s3_server.REGION,
+    }
+
+
+def s3_services(settings: Settings, paths: StackPaths) -> list[Service]:
+    """The stack's own S3 server (none when ``MLP_S3_ENDPOINT_URL`` names another)."""
+    if settings.s3_endpoint_url:
+        return []
+    data = (paths.state_dir / "s3" / "data").resolve()
+    data.parent.mkdir(parents=True, exist_ok=True)
+    return [
+        Service(
+            "s3",
+            [str(venv_bin() / "python"), "-m", "mlpipeline.local.s3_server", "--host", settings.host,
+             "--port", str(settings.s3_port), "--data", str(data), "--bucket", settings.s3_bucket],
+            port=settings.s3_port,
+            health_url=f"file://{data.parent / 'data.ready'}",
+            env={"PYTHONPATH": str(PROJECT_ROOT / "include")},
+        )
+    ]  # fmt: skip
+
+
+def _spark_home() -> Path:
+    import importlib.util
+
+    return Path(importlib.util.find_spec("pyspark").origin).parent
+
+
+def spark_cluster_services(settings: Settings, paths: StackPaths) -> list[Service]:
+    """A Spark standalone master and ``spark_workers`` workers (1 core, 2 GB each) from the
+    pyspark package; ``spark_default`` submits the dataset job to the master."""
+    spark_home = _spark_home()
+    spark_dir = (paths.state_dir / "spark").resolve()
+    env = {"SPARK_HOME": str(spark_home), "SPARK_LOG_DIR": str(spark_dir / "logs"),
+           "PYSPARK_PYTHON": sys.executable, "SPARK_NO_DAEMONIZE": "1"}  # fmt: skip
+    spark_class = str(spark_home / "bin" / "spark-class")
+    master = f"spark://{settings.host}:{settings.spark_master_port}"
+    cluster = [
+        Service(
+            "spark-master",
+            [spark_class, "org.apache.spark.deploy.master.Master", "--host", settings.host,
+             "--port", str(settings.spark_master_port), "--webui-port", "0"],
+            port=settings.spark_master_port,
+            health_url=f"tcp://{settings.host}:{settings.spark_master_port}",
+            env=env,
+        )
+    ]  # fmt: skip
+    for number in range(1, settings.spark_workers + 1):
+        cluster.append(
+            Service(
+                f"spark-worker-{number}",
+                [spark_class, "org.apache.spark.deploy.worker.Worker", master, "--host", settings.host,
+                 "--cores", "1", "--memory", "2g", "--webui-port", "0",
+                 "--work-dir", str(spark_dir / f"work-{number}")],
+                env=env,
+            )
+        )  # fmt: skip
+    return cluster
+
+
+def celery_worker_services(settings: Settings, af_env: dict[str, str]) -> list[Service]:
+    """``celery_workers`` Celery workers of ``celery_concurrency`` slots each, named apart.
+
+    They share this machine's disk, so they serve no logs of their own (``--skip-serve-logs``):
+    the api-server reads task logs from the common log folder, as the compose file's shared
+    ``logs`` volume does.
+    """
+    return [
+        airflow_service(
+            f"airflow-worker-{number}",
+            ["celery", "worker", "--concurrency", str(settings.celery_concurrency),
+             "--celery-hostname", f"worker-{number}@%h", "--skip-serve-logs"],
+            {**af_env, WORKER_NAME_ENV: f"worker-{number}"},
+        )
+        for number in range(1, settings.celery_workers + 1)
+    ]  # fmt: skip
 
 
 def _port_is_free(host: str, port: int) -> bool:
@@ -365,6 +518,12 @@ def wait_healthy(service: Service, paths: StackPaths, timeout_s: float) -> None:
             )
         if service.health_url is None:
             return
+        if service.health_url.startswith("file://"):
+            if Path(service.health_url.removeprefix("file://")).exists():
+                return  # the service writes this marker once it is ready (the S3 server's restore)
+            last_error = "not ready yet"
+            time.sleep(1)
+            continue
         if service.health_url.startswith("tcp://"):
             host, port = service.health_url.removeprefix("tcp://").rsplit(":", 1)
             if _listening(host, int(port)):
@@ -432,10 +591,77 @@ def ensure_pools(env: dict[str, str], log_path: Path) -> None:
         raise StackError(f"creating pool champion_alias failed; see {log_path}")
 
 
+def ensure_databases(settings: Settings) -> None:
+    """Create the distributed stack's PostgreSQL databases when missing (compose's init step)."""
+    import sqlalchemy as sa
+
+    admin_url = settings.database_url("airflow", "postgresql+psycopg2").rsplit("/", 1)[0] + "/postgres"
+    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            for purpose in ("airflow", "mlflow"):
+                name = f"{settings.database_prefix}_{purpose}"
+                exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
+                if exists.first() is None:
+                    conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as err:
+        raise StackError(
+            f"PostgreSQL at {settings.postgres_url} is not reachable ({err.orig}); start it or set MLP_POSTGRES_URL"
+        ) from None
+    finally:
+        engine.dispose()
+
+
+def check_redis(settings: Settings) -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3).ping()
+    except redis.RedisError as err:
+        raise StackError(
+            f"Redis at {settings.redis_url} is not reachable ({err}); start it or set MLP_REDIS_URL"
+        ) from None
+
+
+def _profile_file(paths: StackPaths) -> Path:
+    return paths.state_dir / "stack-profile"
+
+
+def check_profile(settings: Settings, paths: StackPaths) -> None:
+    """One state dir holds one kind of stack: refuse to start the other kind beside it."""
+    profile = _profile_file(paths)
+    recorded = profile.read_text().strip() if profile.exists() else None
+    if recorded and recorded != settings.stack and any(paths.run_dir.glob("*.json")):
+        raise StackError(
+            f"the {recorded} stack is running in {paths.state_dir}; stop it (make down) before starting "
+            f"the {settings.stack} one, or set MLP_STATE_DIR to another folder"
+        )
+    if recorded and recorded != settings.stack:
+        raise StackError(
+            f"{paths.state_dir} holds a {recorded} stack's state (lake, registry, metadata); "
+            f"use another MLP_STATE_DIR for the {settings.stack} stack"
+        )
+    profile.write_text(settings.stack)
+
+
+def as_recorded(settings: Settings) -> Settings:
+    """``settings`` with the profile this state dir was started with (``make status`` and
+    ``make down`` name the right services whatever ``MLP_STACK`` says now)."""
+    profile = _profile_file(StackPaths(settings.state_dir))
+    recorded = profile.read_text().strip() if profile.exists() else ""
+    if recorded in ("embedded", "distributed") and recorded != settings.stack:
+        return settings.model_copy(update={"stack": recorded})
+    return settings
+
+
 def up(settings: Settings) -> list[tuple[Service, Running]]:
     """Start every service that is not running, then wait for all of them to be healthy."""
     paths = StackPaths(settings.state_dir)
     paths.ensure()
+    check_profile(settings, paths)
+    if settings.distributed:
+        ensure_databases(settings)
+        check_redis(settings)
     stack = services(settings, paths)
     api = next(s for s in stack if s.name == "airflow-api-server")
     if running(paths, api) is None:
@@ -454,6 +680,7 @@ def revive(settings: Settings) -> list[str]:
     restarted. Seen here: Airflow 3.3.2's scheduler on SQLite can exit on a ``StaleDataError``
     when the API server creates a backfill's runs while it schedules; restarted, it carries on.
     """
+    settings = as_recorded(settings)
     paths = StackPaths(settings.state_dir)
     restarted = []
     for service in services(settings, paths):
@@ -525,6 +752,7 @@ def _group_alive(pgid: int) -> bool:
 
 def status(settings: Settings) -> list[dict[str, object]]:
     """One row per service: running or not, pid, port, log file."""
+    settings = as_recorded(settings)
     paths = StackPaths(settings.state_dir)
     paths.ensure()
     rows = []

@@ -21,6 +21,7 @@ class EngineeringReport:
     batch_seconds: float
     single_row_p50_ms: float
     single_row_p99_ms: float
+    single_row_cpu_p99_ms: float
     model_bytes: int
     rss_growth_bytes: int
 
@@ -59,16 +60,20 @@ def measure(model_dir: str | Path, rows: list[dict[str, Any]], repeats: int = 20
     if len(scores) != len(rows) or not np.all(np.isfinite(scores)):
         raise ValueError("the model returned missing or non-finite scores on the batch")
 
-    # Three rounds, the quietest one counts: a noisy neighbour on a shared 2-core machine must
-    # not flip a budget decision, while a slow model is slow in every round.
+    # Wall time, three rounds, the quietest one counts; and the process's CPU time per request,
+    # which the budget judges: a noisy neighbour on a shared 2-core machine takes the CPU away
+    # (wall p99 18 ms seen at load 10 for a 1 ms model) but adds no CPU time, while a slow
+    # model costs CPU in every round.
     best: np.ndarray | None = None
-    for _ in range(3):
+    cpu = np.empty(repeats * 3)
+    for round_ in range(3):
         timings = np.empty(repeats)
         for i in range(repeats):
             row = rows[i % len(rows)]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             model.score_matrix(_encode(model, [row]))
             timings[i] = time.perf_counter() - t0
+            cpu[round_ * repeats + i] = time.process_time() - c0
         if best is None or np.percentile(timings, 99) < np.percentile(best, 99):
             best = timings
     timings = best
@@ -78,6 +83,7 @@ def measure(model_dir: str | Path, rows: list[dict[str, Any]], repeats: int = 20
         batch_seconds=batch_seconds,
         single_row_p50_ms=float(np.percentile(timings, 50) * 1000),
         single_row_p99_ms=float(np.percentile(timings, 99) * 1000),
+        single_row_cpu_p99_ms=float(np.percentile(cpu, 99) * 1000),
         model_bytes=len(model.booster.save_raw("ubj")),
         rss_growth_bytes=max(0, rss_after - rss_before),
     )
