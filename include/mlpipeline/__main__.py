@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import logging
 import os
 import sys
 
@@ -250,12 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     quiet_progress_bars()
     args = build_parser().parse_args(argv)
     try:
-        from mlpipeline.local.stack import client_environment
+        from mlpipeline.local.stack import QUIET_LOGGERS, client_environment
 
         for key, value in client_environment(get_settings()).items():
             os.environ.setdefault(key, value)  # the distributed stack's lake, for this process too
         # An S3 lake: the provider logs "credentials retrieved" at INFO each time it connects.
-        logging.getLogger("airflow.providers.amazon.aws.utils.connection_wrapper").setLevel(logging.WARNING)
+        os.environ.setdefault("AIRFLOW__LOGGING__NAMESPACE_LEVELS", QUIET_LOGGERS)
         return args.func(args)
     except SettingsError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -286,6 +285,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         if isinstance(err, known):
             print(f"error: {err}", file=sys.stderr)
+            return 1
+        from botocore.exceptions import EndpointConnectionError
+
+        if isinstance(err, EndpointConnectionError):
+            settings = get_settings()
+            print(
+                f"error: the lake's S3 endpoint is not reachable ({err}); lake {settings.resolved_lake_uri}: "
+                "start the stack (make up) or check MLP_S3_ENDPOINT_URL / the aws_default connection",
+                file=sys.stderr,
+            )
             return 1
         raise
 

@@ -93,6 +93,10 @@ def load_or_create_secrets(paths: StackPaths, settings: Settings) -> dict[str, s
     return stored
 
 
+#: Loggers too chatty at INFO: the AWS provider says "credentials retrieved" at every S3 connection.
+QUIET_LOGGERS = "airflow.providers.amazon.aws.utils.connection_wrapper=WARNING"
+
+
 def airflow_environment(
     settings: Settings,
     airflow_home: Path,
@@ -129,6 +133,7 @@ def airflow_environment(
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(airflow_home / "logs"),
+        "AIRFLOW__LOGGING__NAMESPACE_LEVELS": QUIET_LOGGERS,
         "PYTHONPATH": str(PROJECT_ROOT / "include"),
         "PATH": f"{venv_bin()}{os.pathsep}{os.environ.get('PATH', '')}",
         # Connections: the embedded defaults; a user's environment (or .env) overrides them.
