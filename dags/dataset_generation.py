@@ -121,7 +121,8 @@ def dataset_generation():
             partitions=_window_partitions,
             plan=_plan,
             plan_errors=("BadInputError", "WindowError", "ValueError"),
-            spark_name="build_dataset_{{ ds }}",
+            # From the plan, not {{ ds }}: a run triggered without a logical date (REST, a retrain) has none.
+            spark_name="build_dataset_{{ ti.xcom_pull(task_ids='prepare')['version'] }}",
             prepare_doc="Stage the window's raw inputs and check them before Spark starts.",
             gate_doc="Great Expectations gate: fail closed, quarantine what fails.",
             sensor={

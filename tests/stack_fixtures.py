@@ -161,7 +161,8 @@ _BACKGROUND: dict[str, BackgroundDemo] = {}
 
 def start_background_demo(root: Path, profile: str = "embedded") -> None:
     """Start a shared stack's demo now (once per session and profile; not when attaching)."""
-    if profile not in _BACKGROUND and not os.environ.get("TEST_ATTACH_STACK"):
+    attach = {"embedded": "TEST_ATTACH_STACK", "distributed": "TEST_ATTACH_DISTRIBUTED"}[profile]
+    if profile not in _BACKGROUND and not os.environ.get(attach):
         root.mkdir(parents=True, exist_ok=True)
         _BACKGROUND[profile] = BackgroundDemo(root, profile)
 
@@ -203,6 +204,10 @@ def demo_stack(tmp_path_factory) -> Iterator[DemoStack]:
 def distributed_stack(tmp_path_factory) -> Iterator[DemoStack]:
     """The distributed profile's background demo (``tests/conftest.py``); ``down`` at the end of
     the session, checking that no process survives it; its databases dropped."""
+    attach = os.environ.get("TEST_ATTACH_DISTRIBUTED")
+    if attach:  # development only, as TEST_ATTACH_STACK
+        yield _attached(Path(attach))
+        return
     try:
         yield from _claim(tmp_path_factory, "distributed")
     finally:
@@ -237,7 +242,10 @@ def _attached(env_file: Path) -> DemoStack:
 
     values = parse_env_file(env_file)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLP_"))} | values
-    done = subprocess.CompletedProcess(["demo"], 0, stdout="(attached to a running stack)", stderr="")
+    # The demo's output, when it was kept next to the settings file.
+    output = env_file.with_name("demo.out")
+    stdout = output.read_text() if output.exists() else "(attached to a running stack)"
+    done = subprocess.CompletedProcess(["demo"], 0, stdout=stdout, stderr="")
     return DemoStack(
         env=env,
         state=Path(values["MLP_STATE_DIR"]),

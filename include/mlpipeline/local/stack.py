@@ -174,8 +174,11 @@ def distributed_airflow_environment(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CELERY__BROKER_URL": settings.redis_url,
         "AIRFLOW__CELERY__RESULT_BACKEND": settings.database_url("airflow", "db+postgresql"),
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(settings.celery_concurrency),
-        # A task whose worker died is re-queued, not lost (the broker keeps it until acked).
+        # A task whose worker died is re-queued, not lost (the broker keeps it until acked)…
         "AIRFLOW__CELERY__TASK_ACKS_LATE": "True",
+        # …and a running task that stops heartbeating (its worker was killed) is failed after a
+        # minute, not five, then retried on a live worker (its DAG's retries).
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
         "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "21600",
         "AIRFLOW__CORE__HOSTNAME_CALLABLE": "mlpipeline.local.stack.worker_hostname",
         "MLP_LAKE_URI": settings.resolved_lake_uri,
