@@ -152,9 +152,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     # The tests on the shared running stack go last (in file order): the stack starts once, and
     # its session-scoped fixture stops it right after them, at the end of the session.
-    # The distributed stack's tests come after them, and its stack stops after its tests.
+    # The distributed stack's tests come just before them: its stack (module-scoped) stops right
+    # after its tests, and the browser tests' Playwright loop is not running yet (an S3 lake in
+    # this process calls asyncio.run, which a running loop refuses).
     def rank(item: pytest.Item) -> int:
-        return 2 if item.get_closest_marker("distributed") else 1 if item.get_closest_marker("stack") else 0
+        return 1 if item.get_closest_marker("distributed") else 2 if item.get_closest_marker("stack") else 0
 
     items.sort(key=rank)  # stable: file order within each group
 

@@ -200,10 +200,10 @@ def demo_stack(tmp_path_factory) -> Iterator[DemoStack]:
     yield from _claim(tmp_path_factory, "embedded")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def distributed_stack(tmp_path_factory) -> Iterator[DemoStack]:
-    """The distributed profile's background demo (``tests/conftest.py``); ``down`` at the end of
-    the session, checking that no process survives it; its databases dropped."""
+    """The distributed profile's background demo (``tests/conftest.py``); ``down`` after its
+    module's tests, checking that no process survives it; its databases dropped."""
     attach = os.environ.get("TEST_ATTACH_DISTRIBUTED")
     if attach:  # development only, as TEST_ATTACH_STACK
         yield _attached(Path(attach))
