@@ -63,6 +63,13 @@ class Lake:
         self.root_uri = root_uri.rstrip("/")
         self.fs = fs
         self._root = self._strip_protocol(self.root_uri)
+        if getattr(fs, "dircache", None) is not None and getattr(fs.dircache, "use_listings_cache", False):
+            # Other processes publish into the lake: a cached listing (s3fs keeps one per
+            # directory, for the life of the process) would hide their new versions and
+            # markers from a long-running reader such as the demo or a test.
+            from fsspec.dircache import DirCache
+
+            fs.dircache = DirCache(use_listings_cache=False)
 
     # -- construction -----------------------------------------------------------------
     @classmethod

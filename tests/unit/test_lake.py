@@ -92,3 +92,32 @@ def test_append_line(lake: Lake):
 def test_unsupported_scheme():
     with pytest.raises(LakeError, match="unsupported lake URI"):
         Lake.from_uri("gs://bucket/x")
+
+
+def test_a_partition_another_process_commits_is_seen_by_a_reader_that_listed_before(lake: Lake):
+    """A long-running reader (the demo, a test) lists, another process commits: no stale listing."""
+    lake.write_json("t/ds=2013-01-01/_SUCCESS", {"attempt": "a", "files": [], "committed_at": "x"})
+    assert lake.committed_partitions("t", key="ds") == ["2013-01-01"]
+    other = _other_client(lake)
+    other("t/ds=2013-01-02/part.parquet", b"p")
+    other("t/ds=2013-01-02/_SUCCESS", b'{"attempt": "b", "files": [], "committed_at": "y"}')
+    assert lake.committed_partitions("t", key="ds") == ["2013-01-01", "2013-01-02"]
+    assert lake.is_committed("t/ds=2013-01-02")
+
+
+def _other_client(lake: Lake):
+    """A writer that shares nothing with ``lake``'s filesystem object (as another process)."""
+    if lake.is_local:
+        from pathlib import Path
+
+        def write(rel: str, body: bytes) -> None:
+            target = Path(lake.path(rel))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(body)
+
+        return write
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    bucket, _, prefix = lake.path().partition("/")
+    hook = S3Hook(aws_conn_id="aws_default")
+    return lambda rel, body: hook.load_bytes(body, key=f"{prefix}/{rel}", bucket_name=bucket, replace=True)
