@@ -73,6 +73,7 @@ def _lake(env: dict[str, str]) -> Lake:
     return Lake.from_uri(env["MLP_LAKE_URI"])
 
 
+@pytest.mark.timeout(1800)  # a dozen CLI processes in a row, each importing Spark/MLflow/XGBoost
 def test_every_step_by_hand(cli_env):
     env = cli_env
     assert _cli(env, "land", "--start", "2013-01-01", "--end", "2013-01-05").returncode == 0
