@@ -222,29 +222,33 @@ def server_process(tmp_path, model_dirs):
             "MLP_SERVING_LOG_FLUSH_ROWS": "100000",
         }
     )
-    log = open(tmp_path / "server.log", "wb")
+    url, proc = _start_server(env, tmp_path / "server.log")
+    yield url, lake, proc, env
+    if proc.poll() is None:
+        proc.kill()
+
+
+def _start_server(env: dict[str, str], log_path: Path):
+    """``python -m mlpipeline.serving`` with ``env``; returns (url, process) once it is ready."""
+    log = open(log_path, "ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlpipeline.serving"], env=env, stdout=log, stderr=subprocess.STDOUT
     )
-    url = f"http://127.0.0.1:{port}"
+    log.close()
+    url = f"http://127.0.0.1:{env['MLP_SERVING_PORT']}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/health", timeout=1).json().get("ready"):
-                break
+                return url, proc
         except httpx.HTTPError:
             time.sleep(0.2)
-    else:
-        proc.kill()
-        raise RuntimeError((tmp_path / "server.log").read_text())
-    yield url, lake, proc
-    if proc.poll() is None:
-        proc.kill()
-    log.close()
+    proc.kill()
+    raise RuntimeError(log_path.read_text())
 
 
 def test_hot_swap_under_load_fails_no_request(server_process, model_dirs):
-    url, lake, _proc = server_process
+    url, lake, _proc, _env = server_process
     deploy(lake, model_dirs, "2")
     location.point_to(lake, MODEL, "1")
     failures, versions, done = [], set(), threading.Event()
@@ -285,7 +289,7 @@ def test_hot_swap_under_load_fails_no_request(server_process, model_dirs):
 
 
 def test_sigterm_flushes_every_logged_prediction(server_process):
-    url, lake, proc = server_process
+    url, lake, proc, _env = server_process
     with httpx.Client(base_url=url, timeout=5) as client:
         for i in range(120):
             assert (
@@ -299,6 +303,60 @@ def test_sigterm_flushes_every_logged_prediction(server_process):
     # uvicorn shuts down gracefully, then re-raises the signal: exit status -SIGTERM
     assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
     assert len(read_day(lake, "2013-01-19")) == 120
+
+
+def test_sigkill_under_load_loses_no_answered_prediction(server_process, tmp_path):
+    """Killed with SIGKILL while four clients send: the next start writes what the journal kept;
+    every answered request is in the log exactly once, and nothing unanswered is invented."""
+    url, lake, proc, env = server_process
+    answered: list[str] = []
+    stop = threading.Event()
+
+    def hammer(offset: int):
+        with httpx.Client(base_url=url, timeout=5) as client:
+            i = offset
+            while not stop.is_set():
+                try:
+                    response = client.post(
+                        "/predict", json={"rows": ROWS[i % 7 : i % 7 + 3], "request_date": "2013-01-21"}
+                    )
+                except httpx.HTTPError:
+                    return  # the server is gone
+                if response.status_code == 200:
+                    answered.append(response.json()["request_id"])
+                i += 1
+
+    clients = [threading.Thread(target=hammer, args=(n,)) for n in range(4)]
+    for client in clients:
+        client.start()
+    while len(answered) < 150:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    stop.set()
+    for client in clients:
+        client.join()
+    assert len(read_day(lake, "2013-01-21")) == 0  # nothing had been flushed (flush_s 60)
+
+    url, again = _start_server(env, tmp_path / "server.log")
+    try:
+        metrics = httpx.get(f"{url}/metrics", timeout=5).text
+        logged = read_day(lake, "2013-01-21")
+        assert set(answered) <= set(logged["request_id"])  # nothing answered is lost
+        assert len(logged) == len(logged.drop_duplicates(["request_id", "flight_key"]))  # none twice
+        assert len(set(logged["request_id"])) <= len(answered) + 4  # at most one in flight per client
+        assert f"mlp_prediction_log_recovered_rows {float(len(logged))}" in metrics
+    finally:
+        again.kill()
+        again.wait(timeout=30)
+    # The recovered segment is gone: a third start recovers nothing more.
+    url, third = _start_server(env, tmp_path / "server.log")
+    try:
+        assert "mlp_prediction_log_recovered_rows 0.0" in httpx.get(f"{url}/metrics", timeout=5).text
+    finally:
+        third.send_signal(signal.SIGTERM)
+        third.wait(timeout=30)
+    assert len(read_day(lake, "2013-01-21")) == len(logged)
 
 
 def test_engineering_check_uses_the_server_path(model_dirs):

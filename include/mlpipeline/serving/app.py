@@ -158,6 +158,11 @@ class ServerMetrics:
         self.log_pending = Gauge(
             "mlp_prediction_log_pending_rows", "Rows buffered in memory", registry=registry
         )
+        self.log_recovered = Gauge(
+            "mlp_prediction_log_recovered_rows",
+            "Rows a killed predecessor had answered, written from its journal at start",
+            registry=registry,
+        )
 
     def error(self, status: int, reason: str, detail: Any):
         """A JSON error answer, counted."""
@@ -175,6 +180,7 @@ class ServerMetrics:
         self.log_spooled.set(predictions.spooled)
         self.log_lost.set(predictions.lost)
         self.log_pending.set(predictions.pending)
+        self.log_recovered.set(predictions.recovered)
         return generate_latest(self.registry)
 
 
@@ -249,10 +255,11 @@ def _lifespan(reloader: Reloader, predictions: PredictionLog):
         reloader.stop_polling()
         predictions.close()  # graceful shutdown: nothing buffered is lost
         log.info(
-            "prediction log closed: %d logged, %d spooled, %d lost",
+            "prediction log closed: %d logged, %d spooled, %d lost, %d recovered at start",
             predictions.logged,
             predictions.spooled,
             predictions.lost,
+            predictions.recovered,
         )
 
     return lifespan

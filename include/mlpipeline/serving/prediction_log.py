@@ -1,16 +1,23 @@
 """The prediction log: every prediction, buffered and written to the lake as Parquet.
 
-``serving/predictions/dt=YYYY-MM-DD/part-<time>-<id>.parquet``: one file per flush and day.
+``serving/predictions/dt=YYYY-MM-DD/part-<segment>.parquet``: one file per flush and day.
 Rows are flushed when the buffer reaches ``flush_rows`` or ``flush_s`` has passed, and on
 shutdown. A write that fails (lake unavailable) spools the batch to local disk; spooled
 files are retried at every flush. ``lost`` counts rows that could be kept nowhere (it must
 stay 0).
+
+Every row is also appended to a local journal segment before the request is answered (one
+``write`` to the kernel, which outlives the process): a server killed with SIGKILL, or by
+the OOM killer, loses nothing it answered — the next start writes the segments it left to the
+lake. A flush names its files after the segment, so a segment written twice (killed between
+the lake write and the segment's removal) overwrites the same files, never duplicates rows.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import logging
 import threading
 import time
@@ -41,10 +48,22 @@ class PredictionLog:
         self.spooled = 0
         self.lost = 0
         self.flush_errors = 0
+        self.recovered = 0  # rows a killed predecessor answered and left in its journal
+        self.journal_errors = 0
+        self.journal_dir = spool_dir.parent / "journal"
+        self.journal_dir.mkdir(parents=True, exist_ok=True)
+        self._left_over = sorted(self.journal_dir.glob("*.jsonl"))  # before this process writes any
+        self._segment, self._journal = self._open_segment()
 
     # -- producer side (request path: append only) ------------------------------------------
     def append(self, rows: list[dict[str, Any]]) -> None:
+        lines = "".join(json.dumps(row, default=str) + "\n" for row in rows)
         with self._lock:
+            try:
+                self._journal.write(lines)
+                self._journal.flush()  # in the kernel now: survives this process being killed
+            except OSError:  # a full disk must not fail the request: the rows are still buffered
+                self.journal_errors += 1
             self._rows.extend(rows)
             full = len(self._rows) >= self.flush_rows
         if full and self._thread is not None:
@@ -56,6 +75,7 @@ class PredictionLog:
 
     # -- background flusher ----------------------------------------------------------------
     def start(self) -> None:
+        self.recover()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -74,32 +94,76 @@ class PredictionLog:
         if self._thread is not None:
             self._thread.join(timeout=30)
         self.flush()
+        with self._lock:
+            self._journal.close()
+        (self.journal_dir / f"{self._segment}.jsonl").unlink(missing_ok=True)  # empty: all flushed
 
     def flush(self) -> int:
         """Write buffered rows (and retry spooled files); return the rows written to the lake."""
         with self._flush_lock:
             with self._lock:
-                rows, self._rows = self._rows, []
+                if not self._rows:
+                    rows, segment = [], None
+                else:
+                    rows, self._rows = self._rows, []
+                    segment = self._segment
+                    self._journal.close()
+                    self._segment, self._journal = self._open_segment()
             written = self._retry_spool()
-            if not rows:
-                return written
-            for day, batch in _by_day(rows).items():
-                data = _to_parquet(batch)
-                name = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
-                try:
-                    self.lake.write_bytes(f"{locations.predictions_dir(day)}/{name}", data)
-                    self.logged += len(batch)
-                    written += len(batch)
-                except Exception as err:  # the lake is down: keep the rows on local disk
-                    self.flush_errors += 1
-                    log.warning("prediction log: lake write failed (%s); spooling %d rows", err, len(batch))
-                    try:
-                        (self.spool_dir / f"dt={day}__{name}").write_bytes(data)
-                        self.spooled += len(batch)
-                    except OSError:
-                        log.exception("prediction log: cannot spool %d rows", len(batch))
-                        self.lost += len(batch)
+            if segment is not None:
+                written += self._write_segment(segment, rows)
             return written
+
+    def recover(self) -> int:
+        """Write to the lake the journal segments a killed predecessor left; the rows recovered."""
+        rows_recovered = 0
+        for path in self._left_over:
+            if not _unowned(path):
+                continue  # a live server's open segment (one state folder, two servers)
+            rows, torn = _read_journal(path)
+            if torn:
+                log.warning("prediction log: %s ends in a torn line (killed mid-write): skipped", path.name)
+            self.recovered += len(rows)
+            rows_recovered += len(rows)
+            self._write_segment(path.stem, rows)
+        self._left_over = []
+        if rows_recovered:
+            log.warning("prediction log: recovered %d rows a killed server had answered", rows_recovered)
+        return rows_recovered
+
+    def _open_segment(self):
+        import fcntl
+
+        segment = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        journal = (self.journal_dir / f"{segment}.jsonl").open("a", encoding="utf-8")
+        fcntl.flock(journal, fcntl.LOCK_EX)  # released by the kernel when this process dies
+        return segment, journal
+
+    def _write_segment(self, segment: str, rows: list[dict[str, Any]]) -> int:
+        """Write (or spool) one segment's rows, then drop its journal file; rows written."""
+        written = 0
+        name = f"part-{segment}.parquet"
+        for day, batch in _by_day(rows).items():
+            data = _to_parquet(batch)
+            try:
+                self.lake.write_bytes(f"{locations.predictions_dir(day)}/{name}", data)
+                self.logged += len(batch)
+                written += len(batch)
+            except Exception as err:  # the lake is down: keep the rows on local disk
+                self.flush_errors += 1
+                log.warning("prediction log: lake write failed (%s); spooling %d rows", err, len(batch))
+                try:
+                    spooled = self.spool_dir / f"dt={day}__{name}"
+                    tmp = spooled.with_suffix(".tmp")
+                    tmp.write_bytes(data)
+                    tmp.replace(spooled)
+                    self.spooled += len(batch)
+                except OSError:
+                    log.exception("prediction log: cannot spool %d rows", len(batch))
+                    self.lost += len(batch)
+                    return written  # keep the journal segment: the next start tries again
+        (self.journal_dir / f"{segment}.jsonl").unlink(missing_ok=True)
+        return written
 
     def _retry_spool(self) -> int:
         written = 0
@@ -115,6 +179,32 @@ class PredictionLog:
             self.logged += rows
             written += rows
         return written
+
+
+def _unowned(path: Path) -> bool:
+    """No live process holds ``path``'s lock (its writer exited or was killed)."""
+    import fcntl
+
+    try:
+        with path.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return True
+    except BlockingIOError:
+        return False
+    except FileNotFoundError:
+        return False
+
+
+def _read_journal(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """The rows of a journal segment, and whether its last line was torn (not parsed)."""
+    rows, torn = [], False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            torn = True
+    return rows, torn
 
 
 def _by_day(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
