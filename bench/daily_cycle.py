@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import re
 import sys
 import time
@@ -134,12 +135,14 @@ def main() -> int:
     from mlpipeline.training import ledger
 
     settings, cfg = get_settings(), get_pipeline_config()
+    for key, value in stack.client_environment(settings).items():  # the distributed profile's S3 lake
+        os.environ.setdefault(key, value)
     secrets = stack.load_or_create_secrets(stack.StackPaths(settings.state_dir), settings)
     api = AirflowApi(settings.airflow_url, settings.admin_user, secrets["admin_password"])
     lake = Lake.from_settings(settings)
     model = cfg.training.model_name
     day = args.day or next_unlanded_day(lake, settings)
-    print(f"daily cycle for {day} (load {loadavg()})", flush=True)
+    print(f"daily cycle for {day} on the {settings.stack} stack (load {loadavg()})", flush=True)
     for dag_id in ("raw_landing", "dataset_generation", "model_training", "model_deployment",
                    "traffic_replay", "model_monitoring"):  # fmt: skip
         api.wait_for_dag(dag_id)
@@ -278,6 +281,7 @@ def main() -> int:
             )
     result = {
         "day": day.isoformat(),
+        "stack": settings.stack,
         "load": loadavg(),
         "landed_to_decision_s": round(t_decision - t_raw, 2),
         "landed_to_serving_s": round(t_serving - t_raw, 2) if t_serving else None,

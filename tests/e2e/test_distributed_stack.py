@@ -128,7 +128,7 @@ def test_a_worker_killed_mid_task_is_retried_on_the_other_worker(
     victim = None
     while victim is None:
         assert time.monotonic() < deadline, api.task_instances("dataset_generation", run_id)
-        build = _ti(api, run_id, "build_dataset")
+        build = _ti(api, "dataset_generation", run_id, "build_dataset")
         if build and build["state"] == "running" and build["hostname"]:
             victim = build["hostname"]
         time.sleep(1)
@@ -138,7 +138,7 @@ def test_a_worker_killed_mid_task_is_retried_on_the_other_worker(
     _wait_dead(record["pid"])
 
     state = api.wait_for_run("dataset_generation", run_id, timeout_s=600)
-    build = _ti(api, run_id, "build_dataset")
+    build = _ti(api, "dataset_generation", run_id, "build_dataset")
     assert state == "success", api.task_instances("dataset_generation", run_id)
     assert build["try_number"] >= 2, build
     assert build["hostname"] != victim, build
@@ -146,14 +146,172 @@ def test_a_worker_killed_mid_task_is_retried_on_the_other_worker(
     assert manifest["run"]["run_id"] == run_id
     assert {split: len(frame) for split, frame in frames.items()} == manifest["rows"]
     assert stack_lake.committed_partitions("datasets/flights_delay", key="ds").count(KILL_DAY) == 1
-    # The stack whole again for whatever runs next (up starts only what is not running).
-    assert run_cli(distributed_stack.env, "up", timeout=600).returncode == 0
+    _up(distributed_stack)  # the stack whole again for what runs next (up starts what is not running)
 
 
-def _ti(api, run_id: str, task_id: str) -> dict | None:
-    return next(
-        (t for t in api.task_instances("dataset_generation", run_id) if t["task_id"] == task_id), None
-    )
+@pytest.mark.timeout(1200)
+def test_scheduler_killed_and_mlflow_stopped_during_training_register_one_version(
+    distributed_stack: DemoStack,
+):
+    """While ``train_model`` runs: SIGKILL the scheduler, stop the MLflow server; 30 s later
+    ``up`` brings both back. The new scheduler adopts the Celery task, MLflow calls are retried,
+    the run completes, and exactly one version carries the run's id."""
+    import signal
+    import time
+
+    import mlflow
+
+    from mlpipeline.deployment import registry
+
+    api = _api(distributed_stack)
+    run_id = api.trigger("model_training", conf={"dataset_version": KILL_DAY, "n_trials": 2})["dag_run_id"]
+    _wait_task(api, "model_training", run_id, "train_model", "running", timeout_s=900)
+    time.sleep(5)  # inside the search now
+    _stop(distributed_stack, "airflow-scheduler", signal.SIGKILL)
+    _stop(distributed_stack, "mlflow", signal.SIGTERM)
+    time.sleep(30)
+    _up(distributed_stack)
+
+    state = api.wait_for_run("model_training", run_id, timeout_s=900)
+    assert state == "success", api.task_instances("model_training", run_id)
+    client = mlflow.MlflowClient(distributed_stack.mlflow_url)
+    versions = client.search_model_versions(f"name='{MODEL}' and tags.airflow_run_id='{run_id}'")
+    assert len(versions) == 1, [(v.version, v.tags) for v in versions]
+    assert versions[0].tags["dataset_version"] == KILL_DAY
+    mlflow.set_tracking_uri(distributed_stack.mlflow_url)
+    assert registry.current_champion(client, MODEL) is not None  # the champion alias still points somewhere
+
+
+@pytest.mark.timeout(600)
+def test_model_server_killed_under_load_comes_back_on_the_champion_and_loses_nothing(
+    distributed_stack: DemoStack, stack_lake: Lake
+):
+    """SIGKILL the model server while four clients send; ``up`` restarts it: it serves the
+    champion again, and every prediction it answered is in the log on S3 (from its journal)."""
+    import datetime as dt
+    import signal
+    import threading
+    import time
+
+    import httpx
+
+    from mlpipeline.serving import location
+    from mlpipeline.serving.features import request_rows_for_day
+    from mlpipeline.serving.prediction_log import read_day
+
+    day = "2013-12-30"  # a request date nothing else logs
+    url = distributed_stack.serving_url
+    champion = str(location.read_pointer(stack_lake, MODEL)["version"])
+    features = location.served_features(stack_lake, MODEL, champion)
+    rows = request_rows_for_day(stack_lake, dt.date(2013, 1, 9), features)[:6]  # real landed flights
+    assert httpx.get(f"{url}/health", timeout=10).json()["version"] == champion
+    answered: list[str] = []
+    stop = threading.Event()
+
+    def hammer(offset: int) -> None:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            i = offset
+            while not stop.is_set():
+                try:
+                    response = client.post(
+                        "/predict", json={"rows": rows[i % 5 : i % 5 + 2], "request_date": day}
+                    )
+                except httpx.HTTPError:
+                    return
+                if response.status_code == 200:
+                    answered.append(response.json()["request_id"])
+                i += 1
+
+    clients = [threading.Thread(target=hammer, args=(n,)) for n in range(4)]
+    for client in clients:
+        client.start()
+    deadline = time.monotonic() + 120
+    while len(answered) < 200:
+        assert time.monotonic() < deadline, f"only {len(answered)} answers in 120 s"
+        time.sleep(0.1)
+    _stop(distributed_stack, "model-server", signal.SIGKILL)
+    stop.set()
+    for client in clients:
+        client.join()
+    _up(distributed_stack)
+
+    assert httpx.get(f"{url}/health", timeout=10).json()["version"] == champion
+    deadline = time.monotonic() + 60
+    while not set(answered) <= set(_logged(read_day, stack_lake, day)):
+        assert time.monotonic() < deadline, "answered predictions missing from the log"
+        time.sleep(2)
+    logged = read_day(stack_lake, day)
+    assert len(logged) == len(logged.drop_duplicates(["request_id", "flight_key"]))  # none twice
+
+
+@pytest.mark.timeout(900)
+def test_s3_restarted_during_a_dataset_build_publishes_it_whole_on_the_retry(
+    distributed_stack: DemoStack, stack_lake: Lake
+):
+    """Stop the S3 server (it keeps its objects: snapshot at SIGTERM, restored at start) while
+    ``build_dataset`` runs, until the attempt fails on it; then ``up`` restarts it. No half
+    version is visible, and the retry publishes the version whole, once."""
+    import signal
+    import time
+
+    from mlpipeline.data import datasets
+
+    day = "2013-01-07"
+    api = _api(distributed_stack)
+    run_id = api.trigger("dataset_generation", conf={"version_day": day})["dag_run_id"]
+    _wait_task(api, "dataset_generation", run_id, "build_dataset", "running", timeout_s=300)
+    time.sleep(3)
+    _stop(distributed_stack, "s3", signal.SIGTERM)
+    # S3 stays down until the attempt meets it (staging its inputs or publishing) and fails.
+    _wait_task(api, "dataset_generation", run_id, "build_dataset", "up_for_retry", timeout_s=400)
+    _up(distributed_stack)
+    directory = datasets.dataset_dir("flights_delay", day)
+    assert not stack_lake.is_committed(directory)  # the failed attempt left no version (retry waits 30 s)
+
+    state = api.wait_for_run("dataset_generation", run_id, timeout_s=600)
+    build = _ti(api, "dataset_generation", run_id, "build_dataset")
+    assert state == "success", api.task_instances("dataset_generation", run_id)
+    assert build["try_number"] >= 2, build  # the outage failed an attempt
+    manifest, frames = datasets.load_dataset(stack_lake, "flights_delay", day)  # hash checked on read
+    assert manifest["run"]["run_id"] == run_id
+    assert {split: len(frame) for split, frame in frames.items()} == manifest["rows"]
+    assert stack_lake.committed_partitions("datasets/flights_delay", key="ds").count(day) == 1
+
+
+MODEL = "flight_delay"
+
+
+def _ti(api, dag_id: str, run_id: str, task_id: str) -> dict | None:
+    return next((t for t in api.task_instances(dag_id, run_id) if t["task_id"] == task_id), None)
+
+
+def _wait_task(api, dag_id: str, run_id: str, task_id: str, state: str, timeout_s: float) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ti = _ti(api, dag_id, run_id, task_id)
+        if ti and ti["state"] == state:
+            return ti
+        assert time.monotonic() < deadline, (task_id, state, api.task_instances(dag_id, run_id))
+        time.sleep(1)
+
+
+def _stop(stack: DemoStack, service: str, sig: int) -> None:
+    """Signal a service's whole process group and wait until it is gone."""
+    record = json.loads((stack.state / "run" / f"{service}.json").read_text())
+    os.killpg(record["pid"], sig)
+    _wait_dead(record["pid"], timeout_s=60)
+
+
+def _up(stack: DemoStack) -> None:
+    started = run_cli(stack.env, "up", timeout=600)
+    assert started.returncode == 0, f"{started.stdout}\n{started.stderr}"
+
+
+def _logged(read_day, lake: Lake, day: str) -> list[str]:
+    frame = read_day(lake, day)
+    return list(frame["request_id"]) if len(frame) else []
 
 
 def _wait_dead(pgid: int, timeout_s: float = 30) -> bool:
