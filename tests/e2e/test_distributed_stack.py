@@ -100,6 +100,32 @@ def test_dataset_jobs_ran_on_the_spark_cluster(distributed_stack: DemoStack):
     assert master_log.count("Registering worker") >= 2
 
 
+def test_the_cluster_on_s3_publishes_what_the_embedded_stack_publishes(
+    distributed_stack: DemoStack, stack_lake: Lake, demo_stack: DemoStack
+):
+    """Both demos build the same versions from the same raw days: the Spark cluster with an S3
+    lake (staged through a folder every worker sees) publishes byte for byte what Spark Connect
+    ``local[*]`` on the file lake publishes."""
+    from mlpipeline.data import datasets
+
+    demo_stack.require_demo()
+    embedded = Lake.from_uri(f"file://{demo_stack.lake_root}")
+    versions = [v for v in embedded.committed_partitions("datasets/flights_delay", key="ds")
+                if v in stack_lake.committed_partitions("datasets/flights_delay", key="ds")]  # fmt: skip
+    assert {"2013-01-03", "2013-01-04"} <= set(versions), versions
+    for version in versions:
+        hashes = [datasets.read_manifest(lake, "flights_delay", version)["content_hash"]
+                  for lake in (embedded, stack_lake)]  # fmt: skip
+        assert hashes[0] == hashes[1], version
+    golden = {
+        lake.root_uri: {
+            g.version: g.content_hash for g in datasets.golden_versions(lake, "flights_delay_golden")
+        }
+        for lake in (embedded, stack_lake)
+    }
+    assert golden[embedded.root_uri]["v1"] == golden[stack_lake.root_uri]["v1"], golden
+
+
 def _api(stack: DemoStack):
     from mlpipeline.local.airflow_api import AirflowApi
 
