@@ -69,8 +69,12 @@ def test_tasks_ran_on_both_celery_workers(distributed_stack: DemoStack):
     for dag_id in ("raw_landing", "dataset_generation", "model_training", "model_monitoring"):
         for run in api.all_dag_runs(dag_id):
             for ti in api.task_instances(dag_id, run["dag_run_id"]):
-                if ti["state"] == "success":
-                    hosts[ti["hostname"]] += 1
+                if ti["state"] != "success":
+                    continue
+                if not ti["hostname"]:  # the scheduler finishes an EmptyOperator branch itself
+                    assert ti["task_id"] in ("healthy", "alarm_only"), ti
+                    continue
+                hosts[ti["hostname"]] += 1
     assert set(hosts) == {"worker-1", "worker-2"}, hosts
     assert min(hosts.values()) >= 5, hosts
 
