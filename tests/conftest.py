@@ -256,8 +256,8 @@ def spark_connect_server(session_dir: Path) -> str:
     """The embedded stack's Spark Connect service, once per session; ``spark_default`` points at it.
 
     Every dataset DAG test then submits its job as the stack does (a warm JVM) instead of paying a
-    cold ``spark-submit`` per build; the spark-submit path is tested on a standalone cluster
-    (``test_dataset_scaleout``). Stopped at the end of the session.
+    cold ``spark-submit`` per build; the spark-submit path runs on the distributed profile's
+    standalone cluster (``tests/e2e/test_distributed_stack.py``). Stopped at the end of the session.
     """
     from mlpipeline.local import stack
     from mlpipeline.settings import load_settings
