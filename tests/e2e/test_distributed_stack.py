@@ -275,12 +275,14 @@ def test_model_server_killed_under_load_comes_back_on_the_champion_and_loses_not
 
 
 @pytest.mark.timeout(900)
-def test_s3_restarted_during_a_dataset_build_publishes_it_whole_on_the_retry(
+def test_s3_stopped_before_a_dataset_publish_leaves_no_half_version_and_the_retry_publishes_it_whole(
     distributed_stack: DemoStack, stack_lake: Lake
 ):
     """Stop the S3 server (it keeps its objects: snapshot at SIGTERM, restored at start) while
-    ``build_dataset`` runs, until the attempt fails on it; then ``up`` restarts it. No half
-    version is visible, and the retry publishes the version whole, once."""
+    the dataset job runs on the cluster (its inputs already staged): the gate or the publish
+    meets the outage and fails; ``up`` restarts S3. No version is visible meanwhile, and the
+    retry publishes it whole, once. (A crash in the middle of the upload itself is the lake's
+    marker-last commit, ``tests/unit/test_lake.py``.)"""
     import signal
     import time
 
@@ -292,16 +294,21 @@ def test_s3_restarted_during_a_dataset_build_publishes_it_whole_on_the_retry(
     _wait_task(api, "dataset_generation", run_id, "build_dataset", "running", timeout_s=300)
     time.sleep(3)
     _stop(distributed_stack, "s3", signal.SIGTERM)
-    # S3 stays down until the attempt meets it (staging its inputs or publishing) and fails.
-    _wait_task(api, "dataset_generation", run_id, "build_dataset", "up_for_retry", timeout_s=400)
+    # S3 stays down until a task of the run meets it and fails (then waits 30 s for its retry).
+    deadline = time.monotonic() + 400
+    while not (
+        hit := [t for t in api.task_instances("dataset_generation", run_id) if t["state"] == "up_for_retry"]
+    ):
+        assert time.monotonic() < deadline, api.task_instances("dataset_generation", run_id)
+        time.sleep(1)
     _up(distributed_stack)
     directory = datasets.dataset_dir("flights_delay", day)
-    assert not stack_lake.is_committed(directory)  # the failed attempt left no version (retry waits 30 s)
+    assert not stack_lake.is_committed(directory), hit  # the failed attempt left no version
 
     state = api.wait_for_run("dataset_generation", run_id, timeout_s=600)
-    build = _ti(api, "dataset_generation", run_id, "build_dataset")
     assert state == "success", api.task_instances("dataset_generation", run_id)
-    assert build["try_number"] >= 2, build  # the outage failed an attempt
+    retried = _ti(api, "dataset_generation", run_id, hit[0]["task_id"])
+    assert retried["try_number"] >= 2, retried
     manifest, frames = datasets.load_dataset(stack_lake, "flights_delay", day)  # hash checked on read
     assert manifest["run"]["run_id"] == run_id
     assert {split: len(frame) for split, frame in frames.items()} == manifest["rows"]
