@@ -137,6 +137,7 @@ def main() -> int:
     settings, cfg = get_settings(), get_pipeline_config()
     for key, value in stack.client_environment(settings).items():  # the distributed profile's S3 lake
         os.environ.setdefault(key, value)
+    os.environ.setdefault("AIRFLOW__LOGGING__NAMESPACE_LEVELS", stack.QUIET_LOGGERS)
     secrets = stack.load_or_create_secrets(stack.StackPaths(settings.state_dir), settings)
     api = AirflowApi(settings.airflow_url, settings.admin_user, secrets["admin_password"])
     lake = Lake.from_settings(settings)
