@@ -10,12 +10,16 @@ from mlpipeline.deployment import registry
 from mlpipeline.lake import Lake
 
 
-def assert_demo_outcome(lake: Lake, stdout: str, normal_day_decisions=("healthy", "alarm_only")) -> None:
+def assert_demo_outcome(
+    lake: Lake, stdout: str, normal_day_decisions=("healthy", "alarm_only", "rollback")
+) -> None:
     """Every step's records: raw days, versions and their ledger, monitoring, rollback, drift.
 
     ``normal_day_decisions``: what 2013-01-07's monitoring may decide. The test config's models
-    are trained on 3-day windows; their calibration on a normal day sits near the 0.12 limit
-    (0.123 seen once on the distributed profile), where a rollback is monitoring doing its job.
+    are trained on 3-day windows; their calibration on a normal day sits at the 0.12 limit
+    (0.123 seen on both profiles), where a rollback of the fresh champion is monitoring doing
+    its job. ``make demo``'s 28-day models are well inside it; the forced bad model's rollback
+    (2013-01-10) is asserted whatever 2013-01-07 decided.
     """
     landed = lake.committed_partitions("raw/flights")
     assert landed == [
@@ -40,8 +44,13 @@ def assert_demo_outcome(lake: Lake, stdout: str, normal_day_decisions=("healthy"
     assert record["decision"] in normal_day_decisions, record["reasons"]
     assert f"2013-01-07: decision {record['decision'].upper()}" in stdout
     assert lake.exists("reports/drift/flight_delay/dt=2013-01-07/report.html")
-    # Bad deployment: the forced degraded model is rolled back by monitoring, automatically.
     history = registry.read_history(lake, "flight_delay")
+    if record["decision"] == "rollback":  # the fresh champion breached: monitoring rolled it back itself
+        assert any(
+            h["action"] == "rollback" and h["reasons"][0].startswith("model_monitoring 2013-01-07")
+            for h in history
+        ), history
+    # Bad deployment: the forced degraded model is rolled back by monitoring, automatically.
     forced = next(h for h in history if h["actor"] == "demo:scenario")
     rollback = next(
         h for h in history if h["action"] == "rollback" and h["from_version"] == forced["to_version"]
