@@ -23,6 +23,8 @@ PROBE = r"""
 import json, sys, time
 import airflow.sdk  # loaded by the dag-processor before it parses files
 import airflow.dag_processing.processor  # ditto: each file's parser is a fork of that process
+import gc
+gc.freeze()  # as the dag-processor does before it forks parsers (DagFileProcessorManager.before_run)
 sys.path.insert(0, sys.argv[2])  # the plugins folder, on sys.path in Airflow
 start = time.perf_counter()
 import runpy

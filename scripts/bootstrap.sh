@@ -52,8 +52,15 @@ echo "Installing pinned dependencies into $VENV (first time: a few minutes)…"
 # pyspark/ package directory: reinstall pyspark last so the full distribution's files win.
 "$UV" pip install --quiet --python $VENV/bin/python --reinstall --no-deps \
   "$(grep -E '^pyspark==' requirements-lock.txt)"
-# Make the pipeline package importable (like an editable install, without a build step).
+# Bytecode for the whole site-packages, once (uv writes none by default). Where
+# PYTHONDONTWRITEBYTECODE is set (CI, these machines) no process ever writes it, so every
+# Airflow service, task, CLI call and test compiled the libraries again at each import
+# (measured: `import airflow.sdk` 5.6 s -> 2.3 s, great_expectations 14.0 -> 5.5 s). A few
+# vendored files are not Python 3: compileall reports them and goes on.
+echo "Compiling the libraries' bytecode (once)…"
 site=$($VENV/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+$VENV/bin/python -m compileall -q -j 0 "$site" >/dev/null 2>&1 || true
+# Make the pipeline package importable (like an editable install, without a build step).
 echo "$PWD/include" > "$site/mlpipeline.pth"
 echo "$stamp_value" > "$stamp_file"
 echo "Environment ready: $VENV"

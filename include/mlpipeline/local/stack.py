@@ -495,6 +495,9 @@ def start(service: Service, paths: StackPaths, settings: Settings) -> Running:
         )
     log_path = log_file(paths, service.name)
     env = {**os.environ, **service.env}
+    # The services write the bytecode of the project's own modules (git-ignored __pycache__/);
+    # with PYTHONDONTWRITEBYTECODE (CI, these machines) every task recompiled them at import.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     with open(log_path, "ab") as log:
         log.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {' '.join(service.argv)}\n".encode())
         log.flush()
