@@ -122,7 +122,7 @@ class Settings(BaseModel):
     spark_connect_port: Port = Field(default=15002, description="Spark Connect server port (gRPC).")
     preload_modules: str = Field(
         default="pandas,pyarrow,numpy,sklearn,scipy,xgboost,optuna,mlflow,mlflow.xgboost,great_expectations,"
-        "evidently,evidently.presets,httpx",
+        "evidently,evidently.presets,httpx,pyspark.sql.connect.session",
         description="Libraries the Airflow scheduler imports once so that the tasks it forks inherit them "
         "(comma-separated; empty = every task imports its own).",
     )

@@ -3,8 +3,11 @@
 * connection type ``spark`` (``local[2]``, ``spark://master:7077``, ``yarn``…): ``spark-submit``
   through the Spark provider's ``SparkSubmitHook``, exactly as ``SparkSubmitOperator`` does;
 * connection type ``spark_connect`` (the embedded stack's warm Spark Connect server, or any
-  ``sc://`` endpoint): the same script runs as a plain Python process with ``SPARK_REMOTE`` set,
-  so it starts no JVM of its own.
+  ``sc://`` endpoint): the same script runs as ``__main__`` inside the task process with
+  ``SPARK_REMOTE`` set, so it starts no JVM and no interpreter of its own. The task process was
+  forked from a scheduler that preloaded the Spark Connect client (``MLP_PRELOAD_MODULES``):
+  measured, a separate client process paid 1.3 s of imports (4 s before the libraries' bytecode
+  was compiled) on top of a 2.7 s job.
 
 The provider is imported only when the task runs: a DAG file that uses this operator parses
 without loading it.
@@ -12,8 +15,11 @@ without loading it.
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import io
 import os
-import subprocess
+import runpy
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -53,7 +59,6 @@ class DatasetJobOperator(BaseOperator):
         self.conn_id = conn_id
         self.name = name
         self.conf = dict(conf or {})
-        self._process: subprocess.Popen | None = None
         self._hook: Any = None
 
     def execute(self, context: Any) -> None:
@@ -81,24 +86,29 @@ class DatasetJobOperator(BaseOperator):
         from airflow.providers.apache.spark.hooks.spark_connect import SparkConnectHook
 
         url = SparkConnectHook(self.conn_id).get_connection_url()
-        # --py-files' job: the job's sibling modules importable by the client process.
+        args = [str(a) for a in self.application_args or []]
+        self.log.info("Spark Connect %s: %s %s", url.split(";")[0], self.application, " ".join(args))
+        # --py-files' job: the job's sibling modules importable (as the script's own folder is).
         extra_path = [os.path.dirname(os.path.abspath(p)) for p in self.py_files]
-        env = {
-            **os.environ,
-            "SPARK_REMOTE": url,
-            "PYTHONPATH": os.pathsep.join([*extra_path, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-        }
-        argv = [sys.executable, self.application, *[str(a) for a in self.application_args or []]]
-        self.log.info("Spark Connect %s: %s", url.split(";")[0], " ".join(argv))
-        tail: list[str] = []
-        self._process = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-        )
-        assert self._process.stdout is not None
-        for line in self._process.stdout:
-            self.log.info("%s", line.rstrip())
-            tail = [*tail[-19:], line.rstrip()]
-        code = self._process.wait()
+        tail: collections.deque = collections.deque(maxlen=20)
+        out, err = _Tee(sys.stdout, tail), _Tee(sys.stderr, tail)
+        saved = sys.argv, list(sys.path), os.environ.get("SPARK_REMOTE")
+        sys.argv, sys.path[:0] = [self.application, *args], extra_path
+        os.environ["SPARK_REMOTE"] = url
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                runpy.run_path(self.application, run_name="__main__")
+            code = 0
+        except SystemExit as exit_:  # the script's sys.exit(main())
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        finally:
+            out.flush()
+            err.flush()
+            sys.argv, sys.path[:] = saved[0], saved[1]
+            if saved[2] is None:
+                os.environ.pop("SPARK_REMOTE", None)
+            else:
+                os.environ["SPARK_REMOTE"] = saved[2]
         if code != 0:
             message = (
                 f"{os.path.basename(self.application)} exited {code} on {url.split(';')[0]}:\n"
@@ -111,7 +121,40 @@ class DatasetJobOperator(BaseOperator):
             raise SparkJobError(message)
 
     def on_kill(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
         if self._hook is not None:
             self._hook.on_kill()
+            return
+        # In-process Spark Connect job: stop what it runs on the server (the server outlives us).
+        try:
+            from pyspark.sql import SparkSession
+
+            session = SparkSession.getActiveSession()
+            if session is not None:
+                session.interruptAll()
+        except Exception as err:  # the task is being killed anyway
+            self.log.warning("could not interrupt the Spark Connect job: %s", err)
+
+
+class _Tee(io.TextIOBase):
+    """Passes the job's output to ``stream`` (the task log, as before the job) and keeps its last
+    lines in ``tail`` for the error message. It never logs itself: the task's log handler may
+    write to the very stream this replaces."""
+
+    def __init__(self, stream: Any, tail: collections.deque) -> None:
+        self.stream, self.tail = stream, tail
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        *lines, self._partial = (self._partial + text).split("\n")
+        self.tail.extend(line.rstrip() for line in lines)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._partial:
+            self.tail.append(self._partial.rstrip())
+            self._partial = ""
+        self.stream.flush()

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from mlpipeline_airflow import warm_tasks
+
+from mlpipeline.settings import Settings
 
 
 def test_modules_come_from_the_variable_and_empty_means_off():
@@ -43,3 +50,24 @@ def test_the_scheduler_preloads_once(monkeypatch):
     monkeypatch.setattr(warm_tasks.sys, "argv", ["/venv/bin/airflow", "triggerer"])
     monkeypatch.setattr(warm_tasks, "_preloaded", None)
     assert warm_tasks.warm_scheduler() is None
+
+
+def test_the_default_preload_starts_no_thread_so_forking_stays_safe():
+    """Every default module, imported in a fresh process: still one thread (a fork copies only the
+    forking thread, so a thread started by an import would leave its locks held in each task)."""
+    names = warm_tasks.modules_to_preload({"MLP_PRELOAD_MODULES": Settings().preload_modules})
+    assert "pyspark.sql.connect.session" in names  # the in-task Spark Connect client (spark_job.py)
+    probe = (
+        "import sys, threading\n"
+        "from mlpipeline_airflow import warm_tasks\n"
+        "took = warm_tasks.preload(sys.argv[1:])\n"
+        "print(len(took), threading.active_count(), sorted(t.name for t in threading.enumerate()))\n"
+    )
+    plugins = str(Path(warm_tasks.__file__).resolve().parents[1])
+    result = subprocess.run(
+        [sys.executable, "-c", probe, *names],
+        capture_output=True, text=True, check=True, timeout=300, env={**os.environ, "PYTHONPATH": plugins},
+    )  # fmt: skip
+    imported, threads, _names = result.stdout.split(" ", 2)
+    assert int(imported) == len(names), result.stderr[-2000:]
+    assert int(threads) == 1, result.stdout
