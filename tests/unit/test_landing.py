@@ -26,6 +26,19 @@ def test_source_tables_have_explicit_types_and_nulls():
     assert set(weather["origin"].unique()) == {"EWR", "JFK", "LGA"}
 
 
+@pytest.mark.parametrize("table", source.DAILY_TABLES)
+def test_a_day_read_alone_is_the_whole_table_filtered(table):
+    """read_day decodes only the day's row groups, and gives what filtering the whole table gives:
+    the same rows in the same order and types (DST days and the year's ends included)."""
+    frame = source.read_table(table)
+    for day in (dt.date(2013, 1, 1), dt.date(2013, 3, 10), dt.date(2013, 11, 3), dt.date(2013, 12, 30)):
+        in_day = (frame["year"] == day.year) & (frame["month"] == day.month) & (frame["day"] == day.day)
+        expected = frame.loc[in_day.fillna(False)].reset_index(drop=True)
+        pd.testing.assert_frame_equal(source.read_day(table, day), expected, check_exact=True)
+    with pytest.raises(source.SourceError, match="not a daily table"):
+        source.read_day("planes", DAY)
+
+
 def test_land_day_commits_every_table(lake: Lake):
     landed = landing.land_day(lake, DAY)
     flights = source.read_table("flights")

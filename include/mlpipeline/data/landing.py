@@ -45,11 +45,9 @@ def check_day(day: dt.date) -> None:
 
 def day_rows(table: str, day: dt.date):
     """Rows of ``table`` that belong to ``day`` (all rows for dimension tables)."""
-    frame = source.read_table(table)
     if table in source.DIMENSION_TABLES:
-        return frame
-    mask = (frame["year"] == day.year) & (frame["month"] == day.month) & (frame["day"] == day.day)
-    return frame.loc[mask.fillna(False)].reset_index(drop=True)
+        return source.read_table(table)
+    return source.read_day(table, day)
 
 
 def land_day(lake: Lake, day: dt.date) -> LandedDay:

@@ -6,6 +6,7 @@ installed package directory. ``NA`` becomes null and every column gets an explic
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import importlib.util
 from pathlib import Path
@@ -116,22 +117,13 @@ def read_table(table: str) -> pd.DataFrame:
     the CSV's size and mtime and the schema): every landing task is its own process, and
     parsing the 336k-row flights CSV costs each of them seconds; the Parquet copy, a fraction.
     """
-    import hashlib
     import os
 
     import pandas as pd
 
-    from mlpipeline.settings import get_settings
-
-    if table not in SCHEMAS:
-        raise SourceError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
+    cached = _cache_path(table)  # names an unknown table
     schema = SCHEMAS[table]
     path = data_dir() / _FILES[table]
-    stat = path.stat()
-    key = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}:{sorted(schema.items())}".encode()).hexdigest()[
-        :16
-    ]
-    cached = get_settings().state_dir / "cache" / "nycflights13" / f"{table}-{key}.parquet"
     if cached.exists():
         frame = pd.read_parquet(cached)
         if {c: str(t) for c, t in frame.dtypes.items()} == {c: _dtype_name(t) for c, t in schema.items()}:
@@ -142,6 +134,59 @@ def read_table(table: str) -> pd.DataFrame:
     frame.to_parquet(tmp, index=False)
     os.replace(tmp, cached)
     return frame
+
+
+#: Rows per Parquet row group of the by-day copies (a day of flights is ~900 rows): a day's
+#: read decodes one or two groups instead of the whole table.
+ROWS_PER_GROUP = 1024
+
+
+def read_day(table: str, day: dt.date) -> pd.DataFrame:
+    """The rows of daily ``table`` whose local ``year/month/day`` is ``day``, in the table's order.
+
+    What ``read_table(table)`` filtered on the day gives, read from a copy of the table sorted by
+    day (stable: a day's rows keep their order) in small row groups, so only that day's groups
+    are decoded: a landing task read every table whole for one day (0.5 s of its 0.7 s).
+    """
+    import pandas as pd
+
+    if table not in DAILY_TABLES:
+        raise SourceError(f"{table!r} is not a daily table; expected one of {', '.join(DAILY_TABLES)}")
+    wanted = [("year", "==", day.year), ("month", "==", day.month), ("day", "==", day.day)]
+    frame = pd.read_parquet(_by_day_copy(table), filters=wanted)
+    return frame.reset_index(drop=True)
+
+
+@functools.cache
+def _by_day_copy(table: str) -> Path:
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    whole = _cache_path(table)
+    path = whole.with_name(whole.stem + "-by-day.parquet")
+    if not path.exists():
+        frame = read_table(table).sort_values(["year", "month", "day"], kind="stable")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp, row_group_size=ROWS_PER_GROUP)
+        os.replace(tmp, path)
+    return path
+
+
+def _cache_path(table: str) -> Path:
+    """``<state_dir>/cache/nycflights13/<table>-<key>.parquet``: the key changes with the CSV
+    (size, mtime) and the schema."""
+    import hashlib
+
+    from mlpipeline.settings import get_settings
+
+    if table not in SCHEMAS:
+        raise SourceError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
+    stat = (data_dir() / _FILES[table]).stat()
+    described = f"{stat.st_size}:{stat.st_mtime_ns}:{sorted(SCHEMAS[table].items())}"
+    key = hashlib.sha256(described.encode()).hexdigest()[:16]
+    return get_settings().state_dir / "cache" / "nycflights13" / f"{table}-{key}.parquet"
 
 
 def _dtype_name(dtype: str) -> str:
