@@ -234,6 +234,15 @@ def lake(request: pytest.FixtureRequest, tmp_path: Path):
 
 
 @pytest.fixture
+def file_lake(tmp_path: Path, settings_env):
+    """An empty lake on a local directory, which the settings (``MLP_LAKE_URI``) point at too."""
+    from mlpipeline.lake import Lake
+
+    settings_env(lake_uri=f"file://{tmp_path}/lake")
+    return Lake.from_uri(f"file://{tmp_path}/lake")
+
+
+@pytest.fixture
 def settings_env(monkeypatch: pytest.MonkeyPatch):
     """Set ``MLP_*`` variables for one test and reload the cached settings."""
     from mlpipeline.pipeline_config import get_pipeline_config

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 FEATURES = [
@@ -123,3 +127,52 @@ def publish_dataset_version(lake, staging_root: Path, version: str, splits: dict
     )  # fmt: skip
     datasets.publish_dataset(lake, staging, manifest)
     return manifest
+
+
+class PredictLoad:
+    """``clients`` threads POSTing ``/predict`` back to back (``batch`` rows each, cycling through
+    ``rows``) until the block ends or the server goes away; ``answered`` holds every request_id
+    the server answered 200."""
+
+    def __init__(self) -> None:
+        self.answered: list[str] = []
+
+    def wait_for(self, count: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.answered) < count:
+            assert time.monotonic() < deadline, f"only {len(self.answered)} answers in {timeout_s:.0f} s"
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def predict_load(
+    url: str, rows: list[dict], request_date: str, clients: int = 4, batch: int = 2
+) -> Iterator[PredictLoad]:
+    """Load on a model server for the length of the block (the clients are joined at its end)."""
+    import httpx
+
+    load, stop = PredictLoad(), threading.Event()
+    starts = max(1, len(rows) - batch + 1)
+
+    def hammer(offset: int) -> None:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            i = offset
+            while not stop.is_set():
+                window = rows[i % starts : i % starts + batch]
+                try:
+                    response = client.post("/predict", json={"rows": window, "request_date": request_date})
+                except httpx.HTTPError:
+                    return  # the server is gone
+                if response.status_code == 200:
+                    load.answered.append(response.json()["request_id"])
+                i += 1
+
+    threads = [threading.Thread(target=hammer, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield load
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()

@@ -14,6 +14,7 @@ import os
 
 import pytest
 from demo_outcome import assert_demo_outcome
+from serving_fixtures import predict_load
 from stack_fixtures import ADMIN_PASSWORD, DemoStack, run_cli
 
 from mlpipeline.lake import Lake
@@ -220,7 +221,6 @@ def test_model_server_killed_under_load_comes_back_on_the_champion_and_loses_not
     champion again, and every prediction it answered is in the log on S3 (from its journal)."""
     import datetime as dt
     import signal
-    import threading
     import time
 
     import httpx
@@ -235,34 +235,10 @@ def test_model_server_killed_under_load_comes_back_on_the_champion_and_loses_not
     features = location.served_features(stack_lake, MODEL, champion)
     rows = request_rows_for_day(stack_lake, dt.date(2013, 1, 9), features)[:6]  # real landed flights
     assert httpx.get(f"{url}/health", timeout=10).json()["version"] == champion
-    answered: list[str] = []
-    stop = threading.Event()
-
-    def hammer(offset: int) -> None:
-        with httpx.Client(base_url=url, timeout=10) as client:
-            i = offset
-            while not stop.is_set():
-                try:
-                    response = client.post(
-                        "/predict", json={"rows": rows[i % 5 : i % 5 + 2], "request_date": day}
-                    )
-                except httpx.HTTPError:
-                    return
-                if response.status_code == 200:
-                    answered.append(response.json()["request_id"])
-                i += 1
-
-    clients = [threading.Thread(target=hammer, args=(n,)) for n in range(4)]
-    for client in clients:
-        client.start()
-    deadline = time.monotonic() + 120
-    while len(answered) < 200:
-        assert time.monotonic() < deadline, f"only {len(answered)} answers in 120 s"
-        time.sleep(0.1)
-    _stop(distributed_stack, "model-server", signal.SIGKILL)
-    stop.set()
-    for client in clients:
-        client.join()
+    with predict_load(url, rows, day, clients=4, batch=2) as load:
+        load.wait_for(200, timeout_s=120)
+        _stop(distributed_stack, "model-server", signal.SIGKILL)
+    answered = load.answered
     _up(distributed_stack)
 
     assert httpx.get(f"{url}/health", timeout=10).json()["version"] == champion

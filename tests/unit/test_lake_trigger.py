@@ -6,20 +6,9 @@ import asyncio
 import threading
 import time
 
-import pytest
 from mlpipeline_airflow.triggers import LakePartitionsTrigger
 
 from mlpipeline.lake import Lake
-
-
-@pytest.fixture
-def lake(tmp_path, monkeypatch) -> Lake:
-    from mlpipeline import settings
-
-    monkeypatch.setenv("MLP_LAKE_URI", f"file://{tmp_path}/lake")
-    settings.get_settings.cache_clear()
-    yield Lake.from_uri(f"file://{tmp_path}/lake")
-    settings.get_settings.cache_clear()
 
 
 def first_event(trigger: LakePartitionsTrigger) -> dict:
@@ -31,17 +20,17 @@ def first_event(trigger: LakePartitionsTrigger) -> dict:
     return asyncio.run(run())
 
 
-def test_fires_soon_after_the_commit(lake: Lake):
+def test_fires_soon_after_the_commit(file_lake: Lake):
     wanted = ["raw/flights/dt=2013-01-05", "raw/weather/dt=2013-01-05"]
-    lake.publish(wanted[0], {"part-0.parquet": b"x"})
-    threading.Timer(0.6, lambda: lake.publish(wanted[1], {"part-0.parquet": b"x"})).start()
+    file_lake.publish(wanted[0], {"part-0.parquet": b"x"})
+    threading.Timer(0.6, lambda: file_lake.publish(wanted[1], {"part-0.parquet": b"x"})).start()
     started = time.monotonic()
     event = first_event(LakePartitionsTrigger(wanted, committed=True, poll_s=0.2, deadline=time.time() + 30))
     assert event == {"status": "done", "missing": []}
     assert time.monotonic() - started < 5
 
 
-def test_times_out_naming_what_is_missing(lake: Lake):
+def test_times_out_naming_what_is_missing(file_lake: Lake):
     trigger = LakePartitionsTrigger(["serving/predictions/dt=2013-01-20"], False, 0.1, time.time() + 0.5)
     assert first_event(trigger) == {"status": "timeout", "missing": ["serving/predictions/dt=2013-01-20"]}
     # What the triggerer stores and rebuilds the trigger from.

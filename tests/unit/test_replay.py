@@ -78,8 +78,9 @@ class Server:
 
 
 @contextlib.contextmanager
-def model_server(lake: Lake, state: Path, model_dir: Path | None) -> Iterator[Server]:
-    """The real server process (`python -m mlpipeline.serving`) on a free port, on ``lake``."""
+def model_server(lake: Lake, state: Path, model_dir: Path | None, flush_s: float = 60) -> Iterator[Server]:
+    """The real server process (`python -m mlpipeline.serving`) on a free port, on ``lake``
+    (its prediction log flushed every ``flush_s``; 60: only the shutdown flushes, counts are exact)."""
     if model_dir is not None:
         location.export_model_dir(lake, MODEL, "1", model_dir, {"source": "test"})
         location.point_to(lake, MODEL, "1", reason="test")
@@ -92,7 +93,7 @@ def model_server(lake: Lake, state: Path, model_dir: Path | None) -> Iterator[Se
             "MLP_SERVING_PORT": str(port),
             "MLP_SERVING_ADMIN_TOKEN": TOKEN,
             "MLP_SERVING_POLL_S": "0",
-            "MLP_SERVING_LOG_FLUSH_S": "60",  # only the shutdown flushes: counts are exact
+            "MLP_SERVING_LOG_FLUSH_S": str(flush_s),
             "MLP_SERVING_LOG_FLUSH_ROWS": "100000",
         }
     )
@@ -300,6 +301,16 @@ def test_batches_keep_the_rate_and_a_time_budget(day_lake, model_dirs, tmp_path)
             replay.replay_day(server.url, rows, DAY, rate_per_s=10, timeout_s=5)
 
 
+def test_the_replay_ends_when_the_server_has_logged_every_answered_row(day_lake, model_dirs, tmp_path):
+    """Monitoring reads the day's log right after the replay: the replay waits for the server's
+    flush (every 2 s here, 500 rows), so the lake holds the whole day when it returns."""
+    with model_server(day_lake, tmp_path / "state", model_dirs["1"], flush_s=2) as server:
+        result = replay.replay_traffic(day_lake, server.url, DAY, rate_per_s=1000)
+        assert result.log_flushed_s is not None
+        assert result.log_flushed_s <= 10
+        assert len(read_day(day_lake, DAY)) == result.ok == 901
+
+
 def test_server_without_a_model_or_down_fails_clearly(day_lake, tmp_path):
     rows = features.request_rows_for_day(day_lake, DAY, FEATURES)[:3]
     with model_server(day_lake, tmp_path / "state", model_dir=None) as server:
@@ -324,10 +335,13 @@ def test_replay_traffic_refuses_too_many_rejected_rows(day_lake, model_dirs, tmp
     assert 60 / 901 > replay.MAX_REJECTED_SHARE
     with model_server(day_lake, tmp_path / "state", model_dirs["1"]) as server:
         with pytest.raises(replay.RowsRejectedError) as err:
-            replay.replay_traffic(day_lake, server.url, DAY, rate_per_s=1000)
+            replay.replay_traffic(day_lake, server.url, DAY, rate_per_s=1000, log_flush_timeout_s=0.5)
         # within the tolerance the same day passes, the refused rows counted
-        result = replay.replay_traffic(day_lake, server.url, DAY, rate_per_s=1000, max_rejected_share=0.1)
+        result = replay.replay_traffic(
+            day_lake, server.url, DAY, rate_per_s=1000, max_rejected_share=0.1, log_flush_timeout_s=0.5
+        )
         assert (result.sent, result.ok, result.failed) == (901, 841, 60)
+        assert result.log_flushed_s is None  # this server flushes at shutdown only: the wait gives up
     message = str(err.value)
     assert f"the server refused 60 of 901 rows of {DAY.isoformat()} (more than 5%)" in message
     assert "unknown category 'ZZ'" in message

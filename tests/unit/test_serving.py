@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from ports import free_port
-from serving_fixtures import request_rows, save_model
+from serving_fixtures import predict_load, request_rows, save_model
 
 from mlpipeline.lake import Lake
 from mlpipeline.serving import location
@@ -309,33 +309,11 @@ def test_sigkill_under_load_loses_no_answered_prediction(server_process, tmp_pat
     """Killed with SIGKILL while four clients send: the next start writes what the journal kept;
     every answered request is in the log exactly once, and nothing unanswered is invented."""
     url, lake, proc, env = server_process
-    answered: list[str] = []
-    stop = threading.Event()
-
-    def hammer(offset: int):
-        with httpx.Client(base_url=url, timeout=5) as client:
-            i = offset
-            while not stop.is_set():
-                try:
-                    response = client.post(
-                        "/predict", json={"rows": ROWS[i % 7 : i % 7 + 3], "request_date": "2013-01-21"}
-                    )
-                except httpx.HTTPError:
-                    return  # the server is gone
-                if response.status_code == 200:
-                    answered.append(response.json()["request_id"])
-                i += 1
-
-    clients = [threading.Thread(target=hammer, args=(n,)) for n in range(4)]
-    for client in clients:
-        client.start()
-    while len(answered) < 150:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=30) == -signal.SIGKILL
-    stop.set()
-    for client in clients:
-        client.join()
+    with predict_load(url, ROWS, "2013-01-21", clients=4, batch=3) as load:
+        load.wait_for(150, timeout_s=120)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    answered = load.answered
     assert len(read_day(lake, "2013-01-21")) == 0  # nothing had been flushed (flush_s 60)
 
     url, again = _start_server(env, tmp_path / "server.log")

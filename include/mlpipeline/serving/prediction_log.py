@@ -184,16 +184,20 @@ class PredictionLog:
 def _unowned(path: Path) -> bool:
     """No live process holds ``path``'s lock (its writer exited or was killed)."""
     import fcntl
+    import os
 
     try:
-        with path.open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        fd = os.open(path, os.O_WRONLY)  # no O_CREAT: never re-creates a segment another start took
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
         return True
     except BlockingIOError:
         return False
-    except FileNotFoundError:
-        return False
+    finally:
+        os.close(fd)
 
 
 def _read_journal(path: Path) -> tuple[list[dict[str, Any]], bool]:

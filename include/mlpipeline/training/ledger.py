@@ -50,10 +50,11 @@ def recorded(lake: Lake, model: str) -> set[str]:
     }
 
 
-def pending(lake: Lake, dataset_name: str, model: str) -> list[str]:
-    """Published versions (oldest first) that were neither trained nor superseded."""
+def pending(lake: Lake, dataset_name: str, model: str, done: set[str] | None = None) -> list[str]:
+    """Published versions (oldest first) that were neither trained nor superseded (``done``: the
+    :func:`recorded` versions, when the caller has them already)."""
     published = lake.committed_partitions(locations.datasets_root(dataset_name), key="ds")
-    done = recorded(lake, model)
+    done = recorded(lake, model) if done is None else done
     return [v for v in published if v not in done]
 
 

@@ -77,8 +77,8 @@ def select_version(
     lake = lake or Lake.from_settings()
     name, model = cfg.dataset.name, cfg.training.model_name
     announced = announced_versions(triggering_events)
-    waiting = ledger.pending(lake, name, model)
-    selection = ledger.select(announced, waiting, ledger.recorded(lake, model))
+    done = ledger.recorded(lake, model)
+    selection = ledger.select(announced, ledger.pending(lake, name, model, done), done)
     if selection.version is not None or not manual:
         if selection.version is None and not announced:
             raise DatasetRefusedError(
