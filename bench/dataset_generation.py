@@ -16,10 +16,12 @@ key) then runs in DuckDB, also in a fresh process, on the same committed files (
 the ``_SUCCESS`` markers by the job's own resolver). Both outputs are compared row by row (the
 split hash differs: Spark's xxhash64 vs DuckDB's hash, so only the split assignment differs).
 
-It also starts a Spark Connect server (``local[2]``, on a free loopback port; ``--no-connect``
-skips it) and runs the job script exactly as the embedded stack does (``python build_dataset.py``
-with ``SPARK_REMOTE`` set, a fresh client process, the server warm: ``warm_window_28d_s`` is the
-second 28-day run, ``warm_year_x10_s``/``warm_ratio_x10`` the ×10 year against DuckDB), then the
+It also starts a Spark Connect server (the embedded stack's own service, ``local[2]``, on a free
+loopback port; ``--no-connect`` skips it) and runs the job as the embedded stack does: the script
+as ``__main__`` in a process forked from one that preloaded the Connect client (a task forked from
+the scheduler), the server warm: ``warm_window_28d_s`` is the second 28-day run,
+``warm_year_x10_s``/``warm_ratio_x10`` the ×10 year against DuckDB; ``warm_window_28d_process_s``
+the same script as a process of its own (interpreter start and client imports on top); then the
 job's ``build()`` through a remote session per case.
 
 Then the quality gate's own time (``gate_window_28d_s``, ``gate_year_s``): the GX suite on the
@@ -38,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import datetime as dt
 import json
 import os
@@ -209,11 +210,8 @@ def input_check_seconds(raw_root: str, end: dt.date, days: int) -> float:
 # ------------------------------------------------------------------------------------------
 # The job's actions in build() order (one SQL execution each).
 ACTION_NAMES = (
-    "flights: read, dedup window, cache, counts",
-    "dimensions: dedup, cache, counts",
-    "features: 3 joins, derive, cache, split stats",
-    "write train: repartition, sort, Parquet",
-    "write validation: repartition, sort, Parquet",
+    "counts: flights dedup, dimensions, joins, derive, cache, every split's counts",
+    "write every split: repartition, sort, partitioned Parquet",
 )
 
 
@@ -511,79 +509,38 @@ def port_open(port: int) -> bool:
 
 
 class ConnectServer:
-    """A Spark Connect server started with the pyspark package's sbin scripts, in its own dirs."""
+    """The embedded stack's own Spark Connect service (``stack.spark_connect_service``), on a free
+    port, its state in ``workdir``."""
 
     def __init__(self, workdir: str) -> None:
-        import pyspark
+        from mlpipeline.local import stack
+        from mlpipeline.settings import load_settings
 
-        self.spark_home = os.path.dirname(pyspark.__file__)
-        self.port = free_port()
-        self.env = {
-            **os.environ,
-            "SPARK_HOME": self.spark_home,
-            "SPARK_LOG_DIR": os.path.join(workdir, "logs"),
-            "SPARK_PID_DIR": os.path.join(workdir, "pids"),
-        }
-        self.url = f"sc://127.0.0.1:{self.port}"
+        self.settings = load_settings({"MLP_STATE_DIR": workdir, "MLP_SPARK_CONNECT_PORT": str(free_port())})
+        self.paths = stack.StackPaths(self.settings.state_dir)
+        self.service = stack.spark_connect_service(self.settings, self.paths)
+        self.url = f"sc://{self.settings.host}:{self.settings.spark_connect_port}"
         self.start_s: float | None = None
 
     def start(self) -> None:
+        from mlpipeline.local import stack
+
         started = time.perf_counter()
-        subprocess.run(
-            [
-                os.path.join(self.spark_home, "sbin", "start-connect-server.sh"),
-                *("--master", "local[2]"),
-                *("--conf", "spark.connect.grpc.binding.address=127.0.0.1"),
-                *("--conf", f"spark.connect.grpc.binding.port={self.port}"),
-                *("--conf", "spark.ui.enabled=false", "--conf", "spark.sql.session.timeZone=UTC"),
-            ],
-            check=True,
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-        )
-        while not port_open(self.port):
-            if time.perf_counter() - started > CONNECT_START_TIMEOUT_S:
-                raise RuntimeError(f"Spark Connect server not up after {CONNECT_START_TIMEOUT_S:.0f} s")
-            if self.pid() is None:
-                raise RuntimeError("Spark Connect server exited; see its log")
-            time.sleep(0.25)
+        self.paths.ensure()
+        stack.start(self.service, self.paths, self.settings)
+        stack.wait_healthy(self.service, self.paths, CONNECT_START_TIMEOUT_S)
         self.start_s = time.perf_counter() - started
 
-    def pid(self) -> int | None:
-        pid_dir = Path(self.env["SPARK_PID_DIR"])
-        for pid_file in pid_dir.glob("*SparkConnectServer*.pid"):
-            with contextlib.suppress(ValueError, OSError):
-                pid = int(pid_file.read_text().strip())
-                os.kill(pid, 0)
-                return pid
-        return None
-
     def stop(self) -> None:
-        pid = self.pid()
-        subprocess.run(
-            [os.path.join(self.spark_home, "sbin", "stop-connect-server.sh")],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            check=False,
-        )
-        if pid is None:
-            return
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except OSError:
-                return
-            time.sleep(0.25)
-        with contextlib.suppress(OSError):
-            os.kill(pid, 9)  # the server we started, by its own pid
+        from mlpipeline.local import stack
+
+        stack.down(self.settings)
 
 
 def connect_worker(url: str, raw_root: str, end: str, days: int, output: str) -> dict:
     """Body of a Connect client process: connect, then the job's own checks and ``build()``."""
     started = time.perf_counter()
-    from pyspark.sql import SparkSession
+    import pyspark.sql.connect.session  # noqa: F401  (timed with the checks, as before)
 
     job = load_job()
     args = job.parse_args(
@@ -591,10 +548,10 @@ def connect_worker(url: str, raw_root: str, end: str, days: int, output: str) ->
     )
     inputs = job.resolve_inputs(args.raw_root, args.end_date, args.window_days)
     job.check_schemas(args.raw_root, inputs)
+    args.shuffle_partitions = args.shuffle_partitions or job.shuffle_partitions_for(inputs)
     imported = time.perf_counter()
-    spark = SparkSession.builder.remote(url).getOrCreate()
-    spark.conf.set("spark.sql.session.timeZone", "UTC")
-    spark.conf.set("spark.sql.shuffle.partitions", str(args.shuffle_partitions))
+    os.environ["SPARK_REMOTE"] = url
+    spark = job.create_spark(args)
     connected = time.perf_counter()
     try:
         os.makedirs(args.output, exist_ok=True)
@@ -609,6 +566,49 @@ def connect_worker(url: str, raw_root: str, end: str, days: int, output: str) ->
         "connect_s": connected - imported,
         "build_s": done - connected,
     }
+
+
+def warm_task_worker(url: str, cases: list[list]) -> list[dict]:
+    """Body of a process set up as the scheduler is: the Spark Connect client imported once
+    (``MLP_PRELOAD_MODULES``); each build is a forked child that runs the job script as
+    ``__main__`` with ``SPARK_REMOTE`` set (``DatasetJobOperator`` in a forked task process).
+    ``cases``: ``[raw_root, end, days, output]``; wall time from fork to the child's exit."""
+    import runpy
+
+    import pyspark.sql.connect.session  # noqa: F401  (the scheduler's preload)
+
+    results = []
+    for raw_root, end, days, output in cases:
+        started = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:  # the task
+            code = 1
+            try:
+                os.environ["SPARK_REMOTE"] = url
+                sys.argv = [str(JOB), "--raw-root", raw_root, "--end-date", end, "--window-days", str(days)]
+                sys.argv += ["--output", output]
+                sys.path.insert(0, str(JOB.parent))
+                runpy.run_path(str(JOB), run_name="__main__")
+                code = 0
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else 1
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        wall = time.perf_counter() - started
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"the job exited {os.waitstatus_to_exitcode(status)} in the forked task")
+        with open(os.path.join(output, "job_stats.json"), encoding="utf-8") as fh:
+            results.append({"wall_s": wall, "output_rows": json.load(fh)["output_rows"]})
+    return results
+
+
+def run_warm_task_cases(url: str, cases: list[list]) -> list[dict]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_warm-task", url, json.dumps(cases)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"warm in-task builds failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def run_connect_case(url: str, raw_root: str, end: dt.date, days: int, output: str) -> dict:
@@ -741,7 +741,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--_single-node", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--_connect", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--_warm-task", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+
+    if args._warm_task:
+        url, cases = args._warm_task
+        print(json.dumps(warm_task_worker(url, json.loads(cases))))
+        return 0
 
     if args._single_node:
         raw_root, end, days, output = args._single_node
@@ -823,14 +829,22 @@ def main(argv: list[str] | None = None) -> int:
             verdict = unmodified_job_under_connect(server.url, base_raw, os.path.join(tmp, "connect_check"))
             extra["unmodified_job_runs_under_connect"] = verdict
             print(f"  unmodified build_dataset.py with SPARK_REMOTE set runs: {verdict}", flush=True)
-            # What the embedded stack runs: the job script itself, SPARK_REMOTE set, on a warm server.
-            remote_env = {**os.environ, "SPARK_REMOTE": server.url}
-            for name, end, days, which in (CASES[0], CASES[0], CASES[2]):  # 28 days twice: warm-up, measure
-                res = run_spark_job(
-                    raw_of[which], end, days, os.path.join(tmp, f"warm_{name}"), env=remote_env
-                )
+            # What the embedded stack runs: the job script as __main__ in a task process forked
+            # from a scheduler that preloaded the Connect client, on a warm server.
+            warm_cases = [
+                [raw_of[which], end.isoformat(), days, os.path.join(tmp, f"warm_{name}_{i}")]
+                for i, (name, end, days, which) in enumerate((CASES[0], CASES[0], CASES[2]))
+            ]  # 28 days twice (warm-up, measure), then the year x10
+            for (name, *_), res in zip(
+                (CASES[0], CASES[0], CASES[2]), run_warm_task_cases(server.url, warm_cases), strict=True
+            ):
                 results[name]["warm"] = res
-                print(f"  job script via SPARK_REMOTE, {name:<11} {res['wall_s']:6.1f} s", flush=True)
+                print(f"  job script in a forked task process, {name:<11} {res['wall_s']:6.1f} s", flush=True)
+            # The same script in a process of its own (interpreter start + client imports on top).
+            remote_env = {**os.environ, "SPARK_REMOTE": server.url}
+            res = run_spark_job(base_raw, *CASES[0][1:3], os.path.join(tmp, "warm_process"), env=remote_env)
+            extra["warm_window_28d_process_s"] = round(res["wall_s"], 2)
+            print(f"  job script as its own process, window_28d {res['wall_s']:6.1f} s", flush=True)
             warm = run_connect_case(server.url, base_raw, *CASES[0][1:3], os.path.join(tmp, "connect_warm"))
             extra["connect_first_query_28d_s"] = round(warm["wall_s"], 2)
             print(

@@ -118,6 +118,7 @@ def read_table(table: str) -> pd.DataFrame:
     parsing the 336k-row flights CSV costs each of them seconds; the Parquet copy, a fraction.
     """
     import os
+    import uuid
 
     import pandas as pd
 
@@ -130,7 +131,7 @@ def read_table(table: str) -> pd.DataFrame:
             return frame
     frame = _parse_csv(path, schema)
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+    tmp = cached.with_suffix(f".{uuid.uuid4().hex}.tmp")
     frame.to_parquet(tmp, index=False)
     os.replace(tmp, cached)
     return frame
@@ -160,6 +161,7 @@ def read_day(table: str, day: dt.date) -> pd.DataFrame:
 @functools.cache
 def _by_day_copy(table: str) -> Path:
     import os
+    import uuid
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -168,7 +170,7 @@ def _by_day_copy(table: str) -> Path:
     path = whole.with_name(whole.stem + "-by-day.parquet")
     if not path.exists():
         frame = read_table(table).sort_values(["year", "month", "day"], kind="stable")
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp, row_group_size=ROWS_PER_GROUP)
         os.replace(tmp, path)
     return path

@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 
 TERMINAL_STATES = {"success", "failed"}
+#: How often the waits poll the API (cheap reads; the hand-offs they wait for take ~1 s).
+POLL_S = 1.0
 
 
 class AirflowApiError(RuntimeError):
@@ -88,7 +90,7 @@ class AirflowApi:
         while self.active_backfills(dag_id):
             if time.monotonic() > deadline:
                 raise AirflowApiError(f"a backfill of {dag_id} is still running after {timeout_s:.0f}s")
-            time.sleep(3)
+            time.sleep(POLL_S)
 
     def trigger(self, dag_id: str, conf: dict | None = None, logical_date: str | None = None) -> dict:
         return self._call(
@@ -113,7 +115,7 @@ class AirflowApi:
                 state = "missing"
             if state in ("success", "failed"):
                 return state
-            time.sleep(3)
+            time.sleep(POLL_S)
         raise AirflowApiError(f"{dag_id} run {run_id} not finished after {timeout_s:.0f}s")
 
     def dag_runs(self, dag_id: str, **params: Any) -> list[dict]:
@@ -180,4 +182,4 @@ class AirflowApi:
                 return states
             if time.monotonic() > deadline:
                 raise AirflowApiError(f"{dag_id} runs not finished after {timeout_s:.0f}s: {states}")
-            time.sleep(3)
+            time.sleep(POLL_S)

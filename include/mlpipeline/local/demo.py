@@ -2,8 +2,10 @@
 
 Everything goes through the Airflow REST API, exactly as an operator would from the UI:
 
-1. ``raw_landing`` backfills the raw days the demo needs (the windows of the dataset
-   versions, and the golden range);
+1. the raw history the demo needs (the windows of the dataset versions, the golden range, the
+   drift window) is there before it starts, as a real upstream's archive would be: landed in bulk
+   by the same code as ``raw_landing`` (``python -m mlpipeline land``); ``raw_landing`` backfills
+   the days that arrive while the demo runs (its traffic days);
 2. ``golden_dataset`` is triggered once (skipped when its version already exists: frozen);
 3. ``dataset_generation`` backfills ``MLP_DEMO_FIRST_VERSION..MLP_DEMO_LAST_VERSION``;
 4. every published version triggers ``model_training`` through the ``training_dataset``
@@ -43,20 +45,28 @@ def backfill_and_wait(
     api: AirflowApi, dag_id: str, start, end, timeout_s: float = 1800, conf: dict | None = None
 ) -> dict:
     """Unpause ``dag_id``, backfill ``start..end`` (runs' ``conf``) and wait for every run; raise if one failed."""
-    api.wait_for_dag(dag_id)
-    api.set_paused(dag_id, False)
-    days = list(iter_days(start, end))
-    api.wait_no_active_backfill(dag_id)
-    # Days that already succeeded are not rerun ("failed" reprocesses failed days only).
-    api.create_backfill(dag_id, start, end, reprocess="failed", conf=conf)
-    states = api.wait_for_runs(dag_id, days, timeout_s=timeout_s)
-    api.wait_no_active_backfill(dag_id)
+    states = api.wait_for_runs(dag_id, start_backfill(api, dag_id, start, end, conf), timeout_s=timeout_s)
     failed = sorted(d.isoformat() for d, s in states.items() if s != "success")
     if failed:
         raise AirflowApiError(
             f"{dag_id} failed for {', '.join(failed)}; open the runs in the Airflow UI for the task logs"
         )
     return states
+
+
+def start_backfill(api: AirflowApi, dag_id: str, start, end, conf: dict | None = None) -> list[dt.date]:
+    """Unpause ``dag_id`` and create the backfill of ``start..end``; its days (not waited for).
+
+    Airflow allows one running backfill per DAG and marks a backfill completed only on a
+    30-second timer of the scheduler (``_mark_backfills_complete``): the demo waits for that only
+    when it backfills the same DAG again, never after its own runs are done.
+    """
+    api.wait_for_dag(dag_id)
+    api.set_paused(dag_id, False)
+    api.wait_no_active_backfill(dag_id)
+    # Days that already succeeded are not rerun ("failed" reprocesses failed days only).
+    api.create_backfill(dag_id, start, end, reprocess="failed", conf=conf)
+    return list(iter_days(start, end))
 
 
 def trigger_and_wait(api: AirflowApi, dag_id: str, conf: dict, timeout_s: float = 1800) -> str:
@@ -105,7 +115,7 @@ def wait_for_challenger(
                 "val_roc_auc": run.data.metrics.get("val_roc_auc", float("nan")),
                 "url": tracking.model_version_url(model_name, version.version),
             }
-        time.sleep(2)
+        time.sleep(1)
     raise AirflowApiError(f"no challenger trained on dataset {dataset_version} after {timeout_s:.0f}s")
 
 
@@ -156,22 +166,51 @@ def wait_for_deployments(api: AirflowApi, lake: Lake, model_name: str, timeout_s
                     for h in history[-5:]
                 ]
                 return {"champion": champion, "served": served, "decisions": decisions}
-        time.sleep(5)
+        time.sleep(1)
     raise AirflowApiError(f"model_deployment did not settle after {timeout_s:.0f}s")
 
 
-def landing_ranges(settings: Settings, cfg: PipelineConfig) -> list[tuple[dt.date, dt.date]]:
-    """Raw days the demo needs: the dataset versions' windows and the golden range."""
+def history_ranges(settings: Settings, cfg: PipelineConfig) -> list[tuple[dt.date, dt.date]]:
+    """Raw days that exist before the demo's "today": the dataset versions' windows, the golden
+    range, the drift window (with the days a stale golden set is rebuilt from) and the day after."""
     first_window_start = settings.demo_first_version - dt.timedelta(days=cfg.dataset.window_days - 1)
     drift_window_start = DRIFT_DAY - dt.timedelta(days=cfg.dataset.window_days - 1)
     refresh_days = cfg.golden.refresh_days if cfg.golden.refresh_on_stale else 0
     return [
-        (max(first_window_start, settings.data_start), settings.demo_last_version + TRAFFIC_DAYS),
+        (max(first_window_start, settings.data_start), settings.demo_last_version),
         (cfg.golden.default_start, cfg.golden.default_end),
-        # The drift window, the day after it (the new champion's first) and, before the window, the
-        # days a stale golden set is rebuilt from (monitoring.golden.refresh_range) when it is.
+        # Before the window: the days monitoring.golden.refresh_range rebuilds a stale golden set from.
         (drift_window_start - dt.timedelta(days=refresh_days), DRIFT_DAY + dt.timedelta(days=1)),
     ]
+
+
+def traffic_range(settings: Settings) -> tuple[dt.date, dt.date]:
+    """The days that arrive while the demo runs (production traffic): raw_landing lands them."""
+    return settings.demo_last_version + dt.timedelta(days=1), settings.demo_last_version + TRAFFIC_DAYS
+
+
+def land_history(lake: Lake, settings: Settings, cfg: PipelineConfig) -> tuple[int, int]:
+    """The upstream's archive, landed in bulk (``python -m mlpipeline land``'s path, threads for an
+    S3 lake); days already committed are kept. Returns (landed, kept).
+
+    Through ``raw_landing`` each day is an Airflow run: 111 days took 2 of the demo's 9 minutes,
+    nearly all of it scheduling, for data a real upstream has delivered long before.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mlpipeline.data.landing import check_day, land_day
+    from mlpipeline.data.nycflights13_source import TABLES
+
+    days = sorted({d for start, end in history_ranges(settings, cfg) for d in iter_days(start, end)})
+    for day in (days[0], days[-1]):
+        check_day(day)
+    todo = [d for d in days if lake.missing([locations.raw_partition(t, d) for t in TABLES])]
+    if todo:
+        land_day(lake, todo[0])  # builds the source's Parquet copies once, before any thread reads them
+    workers = 1 if lake.root_uri.startswith("file:") else 4  # a file lake is CPU-bound; S3 waits on I/O
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(lambda day: land_day(lake, day), todo[1:]))
+    return len(todo), len(days) - len(todo)
 
 
 #: Days of production traffic the demo replays after the last dataset version (then monitors):
@@ -352,9 +391,16 @@ def _run(settings: Settings, cfg: PipelineConfig, started: float) -> int:
         raise AirflowApiError(f"DAG import errors: {errors}")
     lake = Lake.from_settings(settings)
 
-    for start, end in landing_ranges(settings, cfg):
-        print(f"1/8 raw_landing backfill {start}..{end}…", flush=True)
-        backfill_and_wait(api, "raw_landing", start, end)
+    history = ", ".join(f"{a}..{b}" for a, b in history_ranges(settings, cfg))
+    print(f"1/8 raw history (the upstream's archive, landed in bulk): {history}…", flush=True)
+    landed, kept = land_history(lake, settings, cfg)
+    print(f"    {landed} days landed, {kept} already there", flush=True)
+    traffic_start, traffic_end = traffic_range(settings)
+    print(
+        f"1/8 raw_landing backfill {traffic_start}..{traffic_end} (the days that arrive from now on)…",
+        flush=True,
+    )
+    traffic_days = start_backfill(api, "raw_landing", traffic_start, traffic_end)  # waited for at step 6
 
     golden = cfg.golden
     if lake.is_committed(datasets.golden_dir(golden.name, golden.default_version)):
@@ -378,6 +424,9 @@ def _run(settings: Settings, cfg: PipelineConfig, started: float) -> int:
     challenger = wait_for_challenger(api, cfg.training.model_name, last.isoformat())
     print("5/8 model_deployment (triggered by the model_candidate asset)…", flush=True)
     deployed = wait_for_deployments(api, lake, cfg.training.model_name)
+    landing = api.wait_for_runs("raw_landing", traffic_days, timeout_s=900)
+    if any(state != "success" for state in landing.values()):
+        raise AirflowApiError(f"raw_landing did not land every traffic day: {landing}")
     print("6/8 normal days: traffic_replay of three days, then model_monitoring…", flush=True)
     monitoring = monitor_traffic(api, lake, settings, cfg)
     print("7/8 bad deployment: a degraded model forced into production, then monitoring…", flush=True)
