@@ -1,7 +1,7 @@
 """The embedded stack as local processes, as `make demo` / `make down` run it.
 
-`demo` twice in a row (idempotent), the raw landing backfilled by the scheduler through the
-REST API, the lake checked. The stack is the shared one (``tests/stack_fixtures.py``): the
+`demo` twice in a row (idempotent): the raw history landed in bulk, the traffic days backfilled
+by the scheduler through the REST API, the lake checked. The stack is the shared one (``tests/stack_fixtures.py``): the
 browser tests run on it afterwards, and ``down`` leaving no process behind is checked when
 the session ends.
 """
@@ -29,6 +29,17 @@ def test_demo_twice(demo_stack: DemoStack):
     assert_demo_outcome(lake, first.stdout)
     versions = ["2013-01-03", "2013-01-04"]
     hashes = {v: datasets.read_manifest(lake, "flights_delay", v)["content_hash"] for v in versions}
+    # The days that arrive during the demo went through raw_landing on the scheduler; the history
+    # (the versions' windows: 2013-01-01..04) was the upstream's bulk archive, not Airflow runs.
+    from mlpipeline.local.airflow_api import AirflowApi
+
+    api = AirflowApi(demo_stack.airflow_url, "admin", ADMIN_PASSWORD)
+    landed_by_airflow = {
+        run["logical_date"][:10]: run["state"]
+        for run in api.all_dag_runs("raw_landing")
+        if run["logical_date"]
+    }
+    assert landed_by_airflow == {f"2013-01-{d:02d}": "success" for d in range(5, 11)}, landed_by_airflow
     status = run_cli(env, "status")
     assert status.returncode == 0, status.stdout
     assert status.stdout.count("running") == 7  # Airflow x4, MLflow, model server, Spark Connect

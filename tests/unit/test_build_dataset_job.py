@@ -413,3 +413,63 @@ def test_canonicalize_footer_sorts_encodings(clean_run, tmp_path):
     assert shuffled.read_bytes() == original.read_bytes()
     assert job.parquet_footer.canonicalize_footer(str(shuffled)) is False
     assert pd.read_parquet(shuffled).equals(pd.read_parquet(original))
+
+
+@pytest.mark.spark
+def test_flight_key_digits_are_format_string_s(spark_connect_server):
+    """The flight key's zero-padded numbers (plain string functions: the formatter cost ~1 us a
+    row) give format_string's text for any value: signs, widths exceeded, the long extremes."""
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+
+    job = load_job_module()
+    values = [0, 7, 10, 99, 100, 2359, 9999, 10000, 123456, -1, -7, -99, -100, -12345]
+    values += [2**31 - 1, -(2**31), 2**63 - 1, -(2**63)]
+    spark = SparkSession.builder.remote(spark_connect_server).getOrCreate()
+    try:
+        frame = spark.createDataFrame([(v,) for v in values], "x long")
+        for width in (2, 4):
+            got = frame.select(
+                F.format_string(f"%0{width}d", "x").alias("expected"),
+                job.zero_padded(F.col("x"), width).alias("got"),
+            ).collect()
+            assert [r.got for r in got] == [r.expected for r in got], width
+    finally:
+        spark.stop()
+
+
+def test_observed_counts_that_disagree_with_the_files_fail_the_job(tmp_path):
+    """A stage Spark ran twice would double its observed counts: the footers are the truth."""
+    job = load_job_module()
+    (tmp_path / "train").mkdir()
+    pq.write_table(pa.table({"x": list(range(7))}), tmp_path / "train" / "part-00000.parquet")
+    pq.write_table(pa.table({"x": list(range(5))}), tmp_path / "in.parquet")
+    inputs = {"flights": {"2013-01-01": [str(tmp_path / "in.parquet")]}}
+    counts = {"flights": {"input_rows": 5}, "kept": {"kept_rows": 7}, "rows": {"train": 7}}
+    job.check_counts(counts, inputs)  # agrees
+    assert job.parquet_footer.parquet_num_rows(str(tmp_path / "train" / "part-00000.parquet")) == 7
+    with pytest.raises(
+        RuntimeError, match=r"flights read: observed 10, footers 5; rows written: observed 14"
+    ):
+        job.check_counts(counts | {"flights": {"input_rows": 10}, "kept": {"kept_rows": 14}}, inputs)
+
+
+def test_shuffle_and_output_partitions_are_sized_to_the_input(tmp_path):
+    job = load_job_module()
+
+    def inputs_of(*sizes: int) -> dict:
+        paths = []
+        for size in sizes:
+            path = tmp_path / f"f{len(list(tmp_path.iterdir()))}"
+            path.write_bytes(b"\0" * size)
+            paths.append(str(path))
+        return {"flights": {"2013-01-01": paths}}
+
+    mib = 1024 * 1024
+    small, x10 = inputs_of(2 * mib), inputs_of(30 * mib, 20 * mib)  # a 28-day window; the year x10
+    assert (job.shuffle_partitions_for(small), job.output_partitions_for(small)) == (1, 1)
+    assert (job.shuffle_partitions_for(x10), job.output_partitions_for(x10)) == (7, 2)
+    args = job.parse_args(
+        ["--raw-root", "r", "--end-date", "2013-01-28", "--window-days", "28", "--output", "o"]
+    )
+    assert (args.shuffle_partitions, args.output_partitions) == (0, 0)  # 0: sized when the job runs

@@ -193,6 +193,12 @@ def canonicalize_footer(path: str) -> bool:
     return True
 
 
+def parquet_num_rows(path: str) -> int:
+    """The number of rows a Parquet file holds (``FileMetaData.num_rows``)."""
+    footer, _offset = _read_footer(path)
+    return int(_Compact(footer).read_struct()[3])
+
+
 def parquet_columns(path: str) -> dict[str, str]:
     """``{column: type}`` of the top-level columns of a Parquet file, read from its footer."""
     footer, _offset = _read_footer(path)
