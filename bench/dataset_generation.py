@@ -19,8 +19,9 @@ split hash differs: Spark's xxhash64 vs DuckDB's hash, so only the split assignm
 It also starts a Spark Connect server (the embedded stack's own service, ``local[2]``, on a free
 loopback port; ``--no-connect`` skips it) and runs the job as the embedded stack does: the script
 as ``__main__`` in a process forked from one that preloaded the Connect client (a task forked from
-the scheduler), the server warm: ``warm_window_28d_s`` is the second 28-day run,
-``warm_year_x10_s``/``warm_ratio_x10`` the ×10 year against DuckDB; ``warm_window_28d_process_s``
+the scheduler), the server warm: ``warm_window_28d_s`` is the median of the 2nd-4th 28-day runs
+(``warm_window_28d_first_s`` the new server's first), ``warm_year_x10_s``/``warm_ratio_x10`` the
+second ×10 year against DuckDB; ``warm_window_28d_process_s``
 the same script as a process of its own (interpreter start and client imports on top); then the
 job's ``build()`` through a remote session per case.
 
@@ -46,6 +47,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,6 +69,8 @@ VALIDATION_FRACTION = 0.2
 SHUFFLE_PARTITIONS = 4  # the job's default
 OUTPUT_PARTITIONS = 1  # the job's default
 CONNECT_START_TIMEOUT_S = 180.0
+WARM_28D_RUNS = 4
+WARM_X10_RUNS = 2
 
 # (case, end date, window days, lake) -- lake "x10" is the replicated temporary lake.
 CASES = (
@@ -830,16 +834,23 @@ def main(argv: list[str] | None = None) -> int:
             extra["unmodified_job_runs_under_connect"] = verdict
             print(f"  unmodified build_dataset.py with SPARK_REMOTE set runs: {verdict}", flush=True)
             # What the embedded stack runs: the job script as __main__ in a task process forked
-            # from a scheduler that preloaded the Connect client, on a warm server.
+            # from a scheduler that preloaded the Connect client. A server that has run a few jobs
+            # is what a daily run meets: the 28 days 4 times (the first is the new server's, the
+            # median of the last 3 is reported), then the year x10 twice (the second reported).
+            runs = [CASES[0]] * WARM_28D_RUNS + [CASES[2]] * WARM_X10_RUNS
             warm_cases = [
                 [raw_of[which], end.isoformat(), days, os.path.join(tmp, f"warm_{name}_{i}")]
-                for i, (name, end, days, which) in enumerate((CASES[0], CASES[0], CASES[2]))
-            ]  # 28 days twice (warm-up, measure), then the year x10
-            for (name, *_), res in zip(
-                (CASES[0], CASES[0], CASES[2]), run_warm_task_cases(server.url, warm_cases), strict=True
-            ):
-                results[name]["warm"] = res
+                for i, (name, end, days, which) in enumerate(runs)
+            ]
+            walls: dict[str, list[float]] = {}
+            for (name, *_), res in zip(runs, run_warm_task_cases(server.url, warm_cases), strict=True):
+                walls.setdefault(name, []).append(res["wall_s"])
                 print(f"  job script in a forked task process, {name:<11} {res['wall_s']:6.1f} s", flush=True)
+            results["window_28d"]["warm"] = {"wall_s": statistics.median(walls["window_28d"][1:])}
+            results["year_x10"]["warm"] = {"wall_s": walls["year_x10"][-1]}
+            extra["warm_window_28d_first_s"] = round(walls["window_28d"][0], 2)
+            extra["warm_window_28d_runs_s"] = [round(w, 2) for w in walls["window_28d"]]
+            extra["warm_year_x10_runs_s"] = [round(w, 2) for w in walls["year_x10"]]
             # The same script in a process of its own (interpreter start + client imports on top).
             remote_env = {**os.environ, "SPARK_REMOTE": server.url}
             res = run_spark_job(base_raw, *CASES[0][1:3], os.path.join(tmp, "warm_process"), env=remote_env)
