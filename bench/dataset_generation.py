@@ -552,7 +552,7 @@ def connect_worker(url: str, raw_root: str, end: str, days: int, output: str) ->
     )
     inputs = job.resolve_inputs(args.raw_root, args.end_date, args.window_days)
     job.check_schemas(args.raw_root, inputs)
-    args.shuffle_partitions = args.shuffle_partitions or job.shuffle_partitions_for(inputs)
+    job.size_partitions(args, inputs)
     imported = time.perf_counter()
     os.environ["SPARK_REMOTE"] = url
     spark = job.create_spark(args)

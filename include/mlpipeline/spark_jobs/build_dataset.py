@@ -317,6 +317,12 @@ def output_partitions_for(inputs: dict[str, dict[str, list[str]]]) -> int:
     return max(1, min(MAX_SHUFFLE_PARTITIONS, -(-input_bytes(inputs) // INPUT_BYTES_PER_OUTPUT_FILE)))
 
 
+def size_partitions(args, inputs: dict[str, dict[str, list[str]]]) -> None:
+    """Resolve ``--shuffle-partitions`` and ``--output-partitions`` left at 0 (auto) from the input."""
+    args.shuffle_partitions = args.shuffle_partitions or shuffle_partitions_for(inputs)
+    args.output_partitions = args.output_partitions or output_partitions_for(inputs)
+
+
 def check_schemas(raw_root: str, inputs: dict[str, dict[str, list[str]]]) -> None:
     """BadInput naming every column that is missing or of a type the job cannot read."""
     problems = []
@@ -965,8 +971,7 @@ def main(argv: list[str] | None = None) -> int:
             raise BadInput(f"raw root {args.raw_root} is not a directory")
         inputs = resolve_inputs(args.raw_root, args.end_date, args.window_days)
         check_schemas(args.raw_root, inputs)
-        args.shuffle_partitions = args.shuffle_partitions or shuffle_partitions_for(inputs)
-        args.output_partitions = args.output_partitions or output_partitions_for(inputs)
+        size_partitions(args, inputs)
     except BadInput as exc:
         print(f"BAD INPUT: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
