@@ -29,6 +29,9 @@ from airflow.sdk.exceptions import AirflowException
 
 #: The job's exit code for bad input (``spark_jobs/build_dataset.py``): retrying cannot help.
 EXIT_BAD_INPUT = 2
+# Set for the in-process run, restored after: SPARK_CONNECT_MODE_ENABLED is pyspark's own mark of a
+# process that made a Connect session, inherited by its children (a classic spark-submit among them).
+_CONNECT_ENV = ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED")
 
 
 class SparkJobError(AirflowException):
@@ -92,7 +95,7 @@ class DatasetJobOperator(BaseOperator):
         extra_path = [os.path.dirname(os.path.abspath(p)) for p in self.py_files]
         tail: collections.deque = collections.deque(maxlen=20)
         out, err = _Tee(sys.stdout, tail), _Tee(sys.stderr, tail)
-        saved = sys.argv, list(sys.path), os.environ.get("SPARK_REMOTE")
+        saved = sys.argv, list(sys.path), {k: os.environ.get(k) for k in _CONNECT_ENV}
         sys.argv, sys.path[:0] = [self.application, *args], extra_path
         os.environ["SPARK_REMOTE"] = url
         try:
@@ -105,10 +108,11 @@ class DatasetJobOperator(BaseOperator):
             out.flush()
             err.flush()
             sys.argv, sys.path[:] = saved[0], saved[1]
-            if saved[2] is None:
-                os.environ.pop("SPARK_REMOTE", None)
-            else:
-                os.environ["SPARK_REMOTE"] = saved[2]
+            for key, value in saved[2].items():  # pyspark also sets SPARK_CONNECT_MODE_ENABLED
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
         if code != 0:
             message = (
                 f"{os.path.basename(self.application)} exited {code} on {url.split(';')[0]}:\n"

@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -69,7 +70,9 @@ def load_job_module():
     return module
 
 
-def run_job(raw_root: Path, output: Path, *extra: str) -> subprocess.CompletedProcess:
+def run_job(
+    raw_root: Path, output: Path, *extra: str, env: dict | None = None
+) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable,
         str(SCRIPT),
@@ -85,7 +88,9 @@ def run_job(raw_root: Path, output: Path, *extra: str) -> subprocess.CompletedPr
         "local[2]",
         *extra,
     ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, check=False, env={**os.environ, **(env or {})}
+    )
 
 
 def bad_input_line(proc: subprocess.CompletedProcess) -> str:
@@ -128,7 +133,9 @@ def copy_lake(base_lake: Path, dest: Path) -> Path:
 @pytest.fixture(scope="module")
 def clean_run(base_lake, tmp_path_factory):
     output = tmp_path_factory.mktemp("out") / "staging"
-    proc = run_job(base_lake / "raw", output)
+    # Started as from a process that once made a Connect session (pyspark's mark, inherited):
+    # with no SPARK_REMOTE the job is a classic one all the same.
+    proc = run_job(base_lake / "raw", output, env={"SPARK_CONNECT_MODE_ENABLED": "1"})
     assert proc.returncode == 0, proc.stderr[-4000:]
     return output
 
@@ -416,7 +423,7 @@ def test_canonicalize_footer_sorts_encodings(clean_run, tmp_path):
 
 
 @pytest.mark.spark
-def test_flight_key_digits_are_format_string_s(spark_connect_server):
+def test_flight_key_digits_are_format_string_s(spark_connect_server, monkeypatch):
     """The flight key's zero-padded numbers (plain string functions: the formatter cost ~1 us a
     row) give format_string's text for any value: signs, widths exceeded, the long extremes."""
     from pyspark.sql import SparkSession
@@ -425,6 +432,8 @@ def test_flight_key_digits_are_format_string_s(spark_connect_server):
     job = load_job_module()
     values = [0, 7, 10, 99, 100, 2359, 9999, 10000, 123456, -1, -7, -99, -100, -12345]
     values += [2**31 - 1, -(2**31), 2**63 - 1, -(2**63)]
+    # pyspark marks this process as a Connect one (an env var its children inherit): undone after.
+    monkeypatch.setenv("SPARK_CONNECT_MODE_ENABLED", "1")
     spark = SparkSession.builder.remote(spark_connect_server).getOrCreate()
     try:
         frame = spark.createDataFrame([(v,) for v in values], "x long")

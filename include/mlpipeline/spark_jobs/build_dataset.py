@@ -849,6 +849,9 @@ def create_spark(args):
         for key, value in session_conf.items():
             spark.conf.set(key, value)
         return spark
+    # pyspark marks a process that made a Connect session (SPARK_CONNECT_MODE_ENABLED=1) and its
+    # children inherit the mark: a classic job started from such a process would ask for Connect.
+    os.environ.pop("SPARK_CONNECT_MODE_ENABLED", None)
     builder = SparkSession.builder.appName(f"build_dataset_{args.end_date.isoformat()}_{args.window_days}d")
     static_conf = {
         "spark.ui.enabled": "false",
