@@ -1,6 +1,8 @@
 """Every step by hand, without a scheduler: ``python -m mlpipeline <step>`` as a small team runs it.
 
-Real data, the real Spark job, a real MLflow server; no Airflow scheduler. The chain: land →
+Real data, the real Spark job (on a Spark Connect server named by ``SPARK_REMOTE``, as a team with
+one runs it; the classic local run is tests/unit/test_build_dataset_job.py's), a real MLflow
+server; no Airflow scheduler. The chain: land →
 golden set → two dataset versions → train → promote → train → promote → rollback (dry run,
 then for real) → monitor a day; and the refusals a person meets on the way.
 """
@@ -25,7 +27,7 @@ MODEL = "flight_delay_cli"  # its own registered model: the MLflow server is sha
 
 
 @pytest.fixture(scope="module")
-def cli_env(tmp_path_factory, mlflow_server) -> dict[str, str]:
+def cli_env(tmp_path_factory, mlflow_server, spark_connect_server) -> dict[str, str]:
     root = tmp_path_factory.mktemp("cli")
     cfg = yaml.safe_load((PROJECT_ROOT / "include" / "config" / "pipeline.yaml").read_text())
     cfg["dataset"].update({"window_days": 3})
@@ -47,6 +49,7 @@ def cli_env(tmp_path_factory, mlflow_server) -> dict[str, str]:
             "MLP_STATE_DIR": str(root / "state"),
             "MLP_MLFLOW_TRACKING_URI": mlflow_server,
             "MLP_SERVING_PORT": "9",  # nothing serves here: the steps must not need a model server
+            "SPARK_REMOTE": spark_connect_server,
         }
     )
     return env

@@ -40,7 +40,7 @@ def _client():
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, mlflow_server, airflow_db):
+def env(tmp_path_factory, mlflow_server, airflow_db, spark_connect_server):
     """Real lake, a champion trained by the pipeline on Jan 1-10, the model server running."""
     root = tmp_path_factory.mktemp("monitoring")
     cfg = yaml.safe_load((PROJECT_ROOT / "include" / "config" / "pipeline.yaml").read_text())
@@ -59,7 +59,9 @@ def env(tmp_path_factory, mlflow_server, airflow_db):
         from mlpipeline.pipeline_config import get_pipeline_config
         from mlpipeline.settings import get_settings
 
-        lake = build_lake(root / "lake", get_settings(), get_pipeline_config())
+        lake = build_lake(
+            root / "lake", get_settings(), get_pipeline_config(), spark_remote=spark_connect_server
+        )
         land_range(lake, dt.date(2013, 1, 11), dt.date(2013, 1, 14))
         land_range(lake, dt.date(2013, 7, 11), dt.date(2013, 7, 16))  # refresh days, a window, the day after
         with model_server(root, port, MLP_SERVING_POLL_S="1", MLP_SERVING_LOG_FLUSH_S="0.5") as url:

@@ -27,7 +27,7 @@ MODEL = "flight_delay"
 
 
 @pytest.fixture(scope="module")
-def trained_env(tmp_path_factory, mlflow_server, airflow_db):
+def trained_env(tmp_path_factory, mlflow_server, airflow_db, spark_connect_server):
     """Settings pointing at a lake with one real dataset version and golden set; 4-trial budget."""
     from mlpipeline.pipeline_config import get_pipeline_config
     from mlpipeline.settings import get_settings
@@ -42,7 +42,9 @@ def trained_env(tmp_path_factory, mlflow_server, airflow_db):
         "MLP_STATE_DIR": str(root / "state"),
     }
     with settings_environ(values):
-        yield build_lake(root / "lake", get_settings(), get_pipeline_config())
+        yield build_lake(
+            root / "lake", get_settings(), get_pipeline_config(), spark_remote=spark_connect_server
+        )
 
 
 @pytest.fixture(scope="module")

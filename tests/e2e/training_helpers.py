@@ -14,8 +14,10 @@ TRAIN_WINDOW = (dt.date(2013, 1, 1), dt.date(2013, 1, 10))
 GOLDEN_WINDOW = (dt.date(2013, 1, 20), dt.date(2013, 1, 22))
 
 
-def build_lake(root: Path, settings, cfg) -> Lake:
-    """Land real days and build one training version and one golden set through the real job."""
+def build_lake(root: Path, settings, cfg, *, spark_remote: str) -> Lake:
+    """Land real days and build one training version and one golden set through the real job
+    (on the session's Spark Connect server, ``spark_remote``)."""
+    import os
     import subprocess
     import sys
 
@@ -30,7 +32,11 @@ def build_lake(root: Path, settings, cfg) -> Lake:
     ):
         plan = data_steps.prepare(kind, name, version, *window, lake=lake, settings=settings, cfg=cfg)
         result = subprocess.run(
-            [sys.executable, str(JOB_SCRIPT), *plan.job_args()], capture_output=True, text=True, check=False
+            [sys.executable, str(JOB_SCRIPT), *plan.job_args()],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "SPARK_REMOTE": spark_remote},
         )
         assert result.returncode == 0, result.stderr[-3000:]
         quality = data_steps.gate(plan, lake=lake, cfg=cfg)

@@ -141,8 +141,9 @@ def clean_run(base_lake, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def doctored_run(base_lake, tmp_path_factory):
-    """A lake with a duplicated flight, a negative distance and a stale attempt holding junk."""
+def doctored_run(base_lake, tmp_path_factory, spark_connect_server):
+    """A lake with a duplicated flight, a negative distance and a stale attempt holding junk
+    (built on the session's Spark Connect server, as the embedded stack runs the job)."""
     raw = copy_lake(base_lake, tmp_path_factory.mktemp("doctored") / "lake")
     lake = Lake.from_uri(f"file://{raw.parent}")
     day = dt.date(2013, 1, 2)
@@ -158,7 +159,12 @@ def doctored_run(base_lake, tmp_path_factory):
     junk = flights.head(50).assign(distance=lambda df: df["distance"].astype(str))
     junk.to_parquet(stale / "part-0.parquet", index=False)
     output = tmp_path_factory.mktemp("out_doctored") / "staging"
-    proc = run_job(raw, output, "--subsample-fraction", "0.5", "--output-partitions", "2", "--seed", "42")
+    proc = run_job(
+        raw,
+        output,
+        *("--subsample-fraction", "0.5", "--output-partitions", "2", "--seed", "42"),
+        env={"SPARK_REMOTE": spark_connect_server},
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return {
         "output": output,
@@ -234,15 +240,19 @@ def test_clean_run_output_contract(clean_run, base_lake):
 
 
 @pytest.mark.spark
-def test_rerun_is_byte_identical(clean_run, base_lake, tmp_path):
+def test_rerun_is_byte_identical(clean_run, base_lake, tmp_path, spark_connect_server):
+    """Rerun on a Spark Connect server (the embedded stack's way; the clean run is a classic
+    spark-submit one, the cluster's way): the same bytes."""
     output = tmp_path / "again"
-    proc = run_job(base_lake / "raw", output)
+    proc = run_job(base_lake / "raw", output, env={"SPARK_REMOTE": spark_connect_server})
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert tree_digest(output) == tree_digest(clean_run)
 
 
 @pytest.mark.spark
-def test_time_split_and_holdout_put_each_day_in_one_split(clean_run, base_lake, tmp_path):
+def test_time_split_and_holdout_put_each_day_in_one_split(
+    clean_run, base_lake, tmp_path, spark_connect_server
+):
     """Four days, ``--validation-split time --holdout-days 1``: 01-01..02 train, 01-03 validation,
     01-04 recent; the same flights as the key-hash run, each in the split of its day."""
     raw = copy_lake(base_lake, tmp_path / "lake")
@@ -251,9 +261,10 @@ def test_time_split_and_holdout_put_each_day_in_one_split(clean_run, base_lake, 
     output = tmp_path / "staging"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--raw-root", str(raw), "--end-date", fourth.isoformat(),
-         "--window-days", "4", "--output", str(output), "--master", "local[2]",
+         "--window-days", "4", "--output", str(output),
          "--validation-split", "time", "--validation-days", "5", "--holdout-days", "1"],
         capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, "SPARK_REMOTE": spark_connect_server},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     days = {

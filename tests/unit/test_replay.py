@@ -210,7 +210,7 @@ def test_rows_refuse_unknown_features_and_missing_raw(day_lake):
 
 
 @pytest.mark.spark
-def test_replay_rows_equal_the_spark_job_output(raw_root, tmp_path):
+def test_replay_rows_equal_the_spark_job_output(raw_root, tmp_path, spark_connect_server):
     """The replay's derivation and the Spark job's agree on every feature of every flight."""
     lake = Lake.from_uri(f"file://{raw_root}")
     output = tmp_path / "staging"
@@ -222,9 +222,9 @@ def test_replay_rows_equal_the_spark_job_output(raw_root, tmp_path):
             "--window-days", "1",
             "--output", str(output),
             "--validation-fraction", "0.3",
-            "--master", "local[2]",
         ],
         capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, "SPARK_REMOTE": spark_connect_server},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     spark = pd.concat([pd.read_parquet(output / s) for s in ("train", "validation")], ignore_index=True)
