@@ -250,6 +250,32 @@ def test_rerun_is_byte_identical(clean_run, base_lake, tmp_path, spark_connect_s
 
 
 @pytest.mark.spark
+def test_a_split_without_rows_is_an_empty_file_with_the_schema(
+    clean_run, base_lake, tmp_path, spark_connect_server
+):
+    """A validation share so small that no flight hashes into it: the split is still written,
+    one Parquet file with the output schema and no rows; the rest is the whole clean output."""
+    output = tmp_path / "no_validation"
+    proc = run_job(
+        base_lake / "raw",
+        output,
+        "--validation-fraction",
+        "0.0001",
+        env={"SPARK_REMOTE": spark_connect_server},
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert sorted(p.name for p in (output / "validation").iterdir()) == ["part-00000.parquet"]
+    empty = pq.read_table(output / "validation" / "part-00000.parquet")
+    assert empty.num_rows == 0
+    assert empty.schema.names == pq.read_table(clean_run / "train").schema.names
+    stats = json.loads((output / "job_stats.json").read_text())
+    assert stats["rows"]["validation"] == 0
+    assert stats["rows"]["train"] == len(read_split(clean_run, "train")) + len(
+        read_split(clean_run, "validation")
+    )
+
+
+@pytest.mark.spark
 def test_time_split_and_holdout_put_each_day_in_one_split(
     clean_run, base_lake, tmp_path, spark_connect_server
 ):

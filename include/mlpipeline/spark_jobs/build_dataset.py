@@ -35,9 +35,9 @@ fallback of a one-day window) puts ``--validation-fraction`` of each day's fligh
 seeded hash of the flight key.
 
 Rows are hash-partitioned by ``flight_key`` into ``--output-partitions`` files per split (default:
-one per 32 MiB of input Parquet, so one up to a year; empty ones are not written), Spark's ``_SUCCESS``/``.crc`` side files are removed, part files get fixed names and
-their footers a canonical order of encodings (see :func:`canonicalize_footer`), so
-the same inputs and arguments give byte-identical files.
+one per 32 MiB of input Parquet; empty ones are not written), Spark's ``_SUCCESS``/``.crc`` side
+files are removed, part files get fixed names and their footers a canonical order of encodings
+(see :func:`canonicalize_footer`), so the same inputs and arguments give byte-identical files.
 
 Exit codes: 0 success; 2 bad input (missing partition, malformed marker, missing column, wrong
 column type, unreadable Parquet) with one line ``BAD INPUT: …`` on stderr — argparse also exits 2
@@ -291,15 +291,15 @@ def resolve_inputs(raw_root: str, end_date: dt.date, days: int) -> dict[str, dic
 #: Compressed input bytes per shuffle partition when ``--shuffle-partitions`` is 0 (auto).
 #: Measured on the warm Connect server (local[2]): the 28-day window (~2 MB of Parquet) runs in
 #: 2.6 s on 1 partition and 3.1-3.8 s on 4, where each shuffle stage's tasks cost more than
-#: their rows; a year (~30 MB) gets 4, the year x10 ~25. Adaptive execution coalesces the rest.
+#: their rows; the bench's year x10 lake (69 MB) gets 9. Adaptive execution coalesces the rest.
 INPUT_BYTES_PER_SHUFFLE_PARTITION = 8 * 1024 * 1024
 MAX_SHUFFLE_PARTITIONS = 64
 
 
 #: Compressed input bytes per output file when ``--output-partitions`` is 0 (auto): one file
-#: per split up to 32 MiB of input (a year is ~15 MB: every published version so far), then a
-#: file per 32 MiB, so a big window's sort and Parquet encoding run on every core (the year
-#: x10, ~50 MB: 2 files; in 1 file its write alone took 19 s of one core, in 2, 14 s).
+#: per split up to 32 MiB of input (every window the pipeline builds today), then a file per
+#: 32 MiB, so a big window's sort and Parquet encoding run on every core (the year x10 in 1
+#: file: its write alone took 19 s of one core; in 2, 14 s).
 INPUT_BYTES_PER_OUTPUT_FILE = 32 * 1024 * 1024
 
 
@@ -461,9 +461,9 @@ def build(spark, args, inputs: dict[str, dict[str, list[str]]]) -> dict:
     with its fate and filtered there, so nothing is cached or computed twice. (An observation
     lower in the plan, e.g. right after the dedup, cost 17 s of 45 on the year x10.) Measured on
     the warm Connect server: the 28-day window went from six actions (4.5 s) to two (2.7 s);
-    the year x10 from 64 s (cache, counts, a write from the cache) to ~40 s. The observed counts are checked
-    against the Parquet footers of what was read and written (:func:`check_counts`): a stage
-    Spark ran twice would count twice.
+    the year x10 from 64 s (cache, counts, a write from the cache) to ~40 s. The observed
+    counts are checked against the Parquet footers of what was read and written
+    (:func:`check_counts`): a stage Spark ran twice would count twice.
     """
     tables = {t: read_table(spark, t, inputs[t]) for t in ("flights", "weather", "planes", "airlines")}
     flights = clean_flights(tables["flights"], args)
@@ -667,6 +667,9 @@ def write_splits(features, args, observed: dict) -> None:
 
     from pyspark.sql import functions as F
 
+    # A split without rows: its empty file, from the plan below no observation (the optimizer
+    # makes it an empty relation, nothing is read again).
+    empty = features.where(F.lit(False)).select(*OUTPUT_COLUMNS)
     kept = F.col("_fate") == "kept"
     counters = {
         "cancelled_rows": F.col("_fate") == "cancelled",
@@ -708,9 +711,7 @@ def write_splits(features, args, observed: dict) -> None:
             os.replace(written, target)
         else:  # no rows in this split
             (
-                features.where(F.lit(False))
-                .select(*OUTPUT_COLUMNS)
-                .repartition(args.output_partitions, "flight_key")
+                empty.repartition(args.output_partitions, "flight_key")
                 .write.mode("overwrite")
                 .option("compression", "snappy")
                 .parquet(file_uri(target))
